@@ -1,0 +1,107 @@
+"""The ``marginwatch`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from typing import TextIO
+
+from marginwatch.engine.brackets import BracketTableError, load_bracket_file
+from marginwatch.engine.exact import evaluate_account
+from marginwatch.engine.types import Thresholds, Venue
+from marginwatch.report import ReportModel, render_report
+from marginwatch.snapshot import SnapshotError, SnapshotModel, parse_snapshot
+
+EXIT_INVALID_INPUT = 2
+
+
+class InputError(Exception):
+    """Invalid user input: reported as one line on stderr with exit status 2."""
+
+
+def _ratio(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value.is_finite() or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marginwatch", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    evaluate = commands.add_parser("evaluate", help="evaluate a snapshot, print a JSON report")
+    evaluate.add_argument("snapshot", help="snapshot JSON file, or - for stdin")
+    evaluate.add_argument("--venue", choices=[venue.value for venue in Venue])
+    evaluate.add_argument("--warning-ratio", type=_ratio, default=Decimal("0.7"))
+    evaluate.add_argument("--margin-call-ratio", type=_ratio, default=Decimal("0.8"))
+    evaluate.add_argument("--brackets", help="leverageBracket JSON file replacing the defaults")
+    schema = commands.add_parser("schema", help="print the JSON Schema of a document")
+    schema.add_argument("document", choices=["snapshot", "report"])
+    return parser
+
+
+def _read(path: str, stdin: TextIO) -> str:
+    if path == "-":
+        return stdin.read()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def _thresholds(args: argparse.Namespace) -> Thresholds:
+    try:
+        return Thresholds(args.warning_ratio, args.margin_call_ratio)
+    except ValueError as error:
+        raise InputError(f"--warning-ratio/--margin-call-ratio: {error}") from None
+
+
+def run_evaluate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    """``marginwatch evaluate``: snapshot in, report out."""
+    thresholds = _thresholds(args)
+    try:
+        base = load_bracket_file(args.brackets) if args.brackets else None
+        snapshot = parse_snapshot(_read(args.snapshot, stdin), base)
+    except (SnapshotError, BracketTableError) as error:
+        raise InputError(str(error)) from None
+    except OSError as error:
+        raise InputError(f"{args.brackets}: cannot read ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{args.brackets}: not valid JSON ({error})") from None
+    venue = Venue(args.venue) if args.venue else snapshot.venue
+    reports = [
+        evaluate_account(account, snapshot.mark_prices, snapshot.tables, thresholds, venue)
+        for account in snapshot.accounts
+    ]
+    stdout.write(render_report(reports).model_dump_json(indent=2) + "\n")
+
+
+def run_schema(args: argparse.Namespace, stdout: TextIO) -> None:
+    """``marginwatch schema``: the JSON Schema generated from the models."""
+    model = SnapshotModel if args.document == "snapshot" else ReportModel
+    stdout.write(json.dumps(model.model_json_schema(), indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "evaluate":
+            run_evaluate(args, sys.stdin, sys.stdout)
+        elif args.command == "schema":
+            run_schema(args, sys.stdout)
+    except InputError as error:
+        print(f"marginwatch: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

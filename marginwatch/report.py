@@ -1,0 +1,124 @@
+"""The report contract (output of ``marginwatch evaluate``): decimal strings, null where undefined.
+
+Numbers are written like Binance's API strings: at most 8 decimals, cut toward zero (Binance's
+positionRisk shows ``initialMargin`` 49.72023376 / 20 as ``2.48601168``), trailing zeros dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import ROUND_DOWN, Decimal
+
+from pydantic import BaseModel, ConfigDict
+
+from marginwatch.engine.exact import AccountReport, PoolReport, PositionReport
+from marginwatch.engine.types import MarginMode, PositionSide, Status
+
+DECIMALS = Decimal("0.00000001")
+
+
+def decimal_string(value: Decimal | None) -> str | None:
+    """``value`` cut toward zero to 8 decimals, without exponent or trailing zeros."""
+    if value is None:
+        return None
+    text = f"{value.quantize(DECIMALS, rounding=ROUND_DOWN):f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in {"-0", ""} else text
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CrossOut(_Out):
+    """The account's cross pool."""
+
+    wallet_balance: str
+    unrealized_pnl: str
+    margin_balance: str
+    maintenance_margin: str
+    margin_ratio: str | None
+    status: Status
+
+
+class PositionOut(_Out):
+    """One position's figures at mark; ``margin_ratio`` is null for cross positions."""
+
+    symbol: str
+    position_side: PositionSide
+    margin_mode: MarginMode
+    quantity: str
+    mark_price: str
+    notional: str
+    unrealized_pnl: str
+    initial_margin: str
+    maintenance_margin_rate: str
+    maintenance_amount: str
+    maintenance_margin: str
+    liquidation_price: str | None
+    bankruptcy_price: str | None
+    margin_ratio: str | None
+    status: Status
+
+
+class AccountOut(_Out):
+    account_id: str
+    cross: CrossOut
+    positions: list[PositionOut]
+
+
+class ReportModel(_Out):
+    """The whole report, accounts and positions in input order."""
+
+    accounts: list[AccountOut]
+
+
+def _cross_out(pool: PoolReport) -> CrossOut:
+    return CrossOut(
+        wallet_balance=str(decimal_string(pool.wallet_balance)),
+        unrealized_pnl=str(decimal_string(pool.unrealized_pnl)),
+        margin_balance=str(decimal_string(pool.margin_balance)),
+        maintenance_margin=str(decimal_string(pool.maintenance_margin)),
+        margin_ratio=decimal_string(pool.margin_ratio),
+        status=pool.status,
+    )
+
+
+def _position_out(report: PositionReport) -> PositionOut:
+    position = report.position
+
+    def number(value: Decimal) -> str:
+        return str(decimal_string(value))
+
+    return PositionOut(
+        symbol=position.symbol,
+        position_side=position.position_side,
+        margin_mode=position.margin_mode,
+        quantity=number(position.quantity),
+        mark_price=number(report.mark_price),
+        notional=number(report.notional),
+        unrealized_pnl=number(report.unrealized_pnl),
+        initial_margin=number(report.initial_margin),
+        maintenance_margin_rate=number(report.bracket.maintenance_margin_rate),
+        maintenance_amount=number(report.bracket.maintenance_amount),
+        maintenance_margin=number(report.maintenance_margin),
+        liquidation_price=decimal_string(report.liquidation_price),
+        bankruptcy_price=decimal_string(report.bankruptcy_price),
+        margin_ratio=decimal_string(report.margin_ratio),
+        status=report.pool.status,
+    )
+
+
+def render_report(reports: Iterable[AccountReport]) -> ReportModel:
+    """The report document for evaluated accounts."""
+    return ReportModel(
+        accounts=[
+            AccountOut(
+                account_id=report.account.account_id,
+                cross=_cross_out(report.cross),
+                positions=[_position_out(position) for position in report.positions],
+            )
+            for report in reports
+        ]
+    )

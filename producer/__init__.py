@@ -1,0 +1,1 @@
+"""Mark-price producer: validates ticks and publishes them."""

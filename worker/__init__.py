@@ -1,0 +1,1 @@
+"""Partition workers: evaluate their partitions of the book on every price change."""
