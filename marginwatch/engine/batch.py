@@ -131,10 +131,23 @@ def evaluate_ratios(
         dtype=np.float64,
     )
     kernels.evaluate_pools(
-        marks, book.symbol, book.quantity, book.entry_price, book.pool_starts, book.pool_wallet,
-        brackets.floors, brackets.rates, brackets.amounts, levels, UNCERTAINTY_BAND,
-        out.upnl, out.maintenance_margin, out.margin_ratio, out.status, out.uncertain,
-    )  # fmt: skip
+        marks,
+        book.symbol,
+        book.quantity,
+        book.entry_price,
+        book.pool_starts,
+        book.pool_wallet,
+        brackets.floors,
+        brackets.rates,
+        brackets.amounts,
+        levels,
+        UNCERTAINTY_BAND,
+        out.upnl,
+        out.maintenance_margin,
+        out.margin_ratio,
+        out.status,
+        out.uncertain,
+    )
 
 
 def evaluate_liquidation_prices(
@@ -142,11 +155,22 @@ def evaluate_liquidation_prices(
 ) -> None:
     """Liquidation price of every row into ``out``; needs ``evaluate_ratios`` first."""
     kernels.liquidation_prices(
-        marks, book.symbol, book.quantity, book.entry_price, book.pool_wallet,
-        book.pool_isolated, out.upnl, out.maintenance_margin, book.group_starts,
-        book.group_pool, brackets.floors, brackets.rates, brackets.amounts,
-        venue is Venue.BYBIT, out.liquidation_price,
-    )  # fmt: skip
+        marks,
+        book.symbol,
+        book.quantity,
+        book.entry_price,
+        book.pool_wallet,
+        book.pool_isolated,
+        out.upnl,
+        out.maintenance_margin,
+        book.group_starts,
+        book.group_pool,
+        brackets.floors,
+        brackets.rates,
+        brackets.amounts,
+        venue is Venue.BYBIT,
+        out.liquidation_price,
+    )
 
 
 def evaluate(

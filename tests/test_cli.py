@@ -1,0 +1,145 @@
+"""The ``marginwatch evaluate`` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "snapshot.json"
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m marginwatch`` with ``args``."""
+    return subprocess.run(
+        [sys.executable, "-m", "marginwatch", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_console_script_is_installed() -> None:
+    """``pip install .`` puts a ``marginwatch`` script beside the interpreter."""
+    script = Path(sys.executable).parent / "marginwatch"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0
+    assert "evaluate" in result.stdout
+
+
+def test_evaluate_example_snapshot() -> None:
+    """The example evaluates; numbers are decimal strings; order follows the input."""
+    result = run("evaluate", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [a["account_id"] for a in report["accounts"]] == ["alice", "bob"]
+    alice = report["accounts"][0]
+    assert [p["symbol"] for p in alice["positions"]] == ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    btc = alice["positions"][0]
+    # 1.5 × 67,250.5 = 100,875.75 (tier 2: 0.5%, cum 50) → MM 504.37875 − 50 = 454.37875
+    assert btc["notional"] == "100875.75"
+    assert btc["maintenance_margin"] == "454.37875"
+    assert btc["margin_ratio"] is None
+    sol = alice["positions"][2]
+    assert sol["margin_mode"] == "isolated"
+    assert sol["margin_ratio"] is not None
+    bob = report["accounts"][1]
+    assert bob["positions"][0]["liquidation_price"] == bob["positions"][1]["liquidation_price"]
+
+
+def test_evaluate_reads_stdin_and_venue_flag() -> None:
+    """``-`` reads stdin; ``--venue bybit`` switches the isolated convention."""
+    snapshot: dict[str, Any] = {
+        "mark_prices": {"BTCUSDT": "50000"},
+        "brackets": {
+            "BTCUSDT": [
+                {
+                    "notional_floor": 0,
+                    "notional_cap": "1e12",
+                    "max_leverage": 125,
+                    "maintenance_margin_rate": "0.01",
+                    "maintenance_amount": 0,
+                }
+            ]
+        },
+        "accounts": [
+            {
+                "account_id": "g",
+                "cross_wallet_balance": 0,
+                "positions": [
+                    {
+                        "symbol": "BTCUSDT",
+                        "quantity": "0.2",
+                        "entry_price": 50000,
+                        "leverage": 10,
+                        "margin_mode": "isolated",
+                        "isolated_wallet": 1000,
+                    }
+                ],
+            }
+        ],
+    }
+    binance = run("evaluate", "-", stdin=json.dumps(snapshot))
+    bybit = run("evaluate", "-", "--venue", "bybit", stdin=json.dumps(snapshot))
+    price = json.loads(binance.stdout)["accounts"][0]["positions"][0]["liquidation_price"]
+    assert price == "45454.54545454"  # 9,000 / 0.198, cut to 8 decimals
+    bybit_price = json.loads(bybit.stdout)["accounts"][0]["positions"][0]["liquidation_price"]
+    assert bybit_price == "45500"
+
+
+def test_thresholds_flags_change_status() -> None:
+    """``--warning-ratio`` and ``--margin-call-ratio`` move the statuses."""
+    default = json.loads(run("evaluate", str(EXAMPLE)).stdout)
+    strict = json.loads(
+        run(
+            "evaluate", str(EXAMPLE), "--warning-ratio", "0.01", "--margin-call-ratio", "0.02"
+        ).stdout
+    )
+    assert default["accounts"][0]["cross"]["status"] == "ok"
+    assert strict["accounts"][0]["cross"]["status"] == "margin_call"
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("evaluate", "/nonexistent.json"), None, "/nonexistent.json: cannot read"),
+        (("evaluate", "-"), "[1,", "snapshot: not valid JSON"),
+        (
+            ("evaluate", "-"),
+            '{"mark_prices": {"BTCUSDT": "0"}, "accounts": []}',
+            "mark_prices.BTCUSDT: must be positive",
+        ),
+        (
+            ("evaluate", str(EXAMPLE), "--warning-ratio", "0.9"),
+            None,
+            "--warning-ratio/--margin-call-ratio: thresholds must satisfy",
+        ),
+        (
+            ("evaluate", str(EXAMPLE), "--brackets", "/nonexistent.json"),
+            None,
+            "/nonexistent.json: cannot read",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    args: tuple[str, ...], stdin: str | None, message: str
+) -> None:
+    """Invalid input: exit status 2, nothing on stdout, one line on stderr naming the problem."""
+    result = run(*args, stdin=stdin)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"marginwatch: {message}")
+
+
+def test_schema_command_prints_json_schema() -> None:
+    """``marginwatch schema snapshot`` prints the generated JSON Schema."""
+    schema = json.loads(run("schema", "snapshot").stdout)
+    assert set(schema["required"]) == {"mark_prices", "accounts"}
