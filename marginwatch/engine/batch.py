@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from marginwatch.engine import kernels
 from marginwatch.engine.brackets import BracketTable
-from marginwatch.engine.types import Account, MarginMode, Position, Thresholds, Venue
+from marginwatch.engine.types import Account, Thresholds, Venue
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -49,8 +49,8 @@ class BracketArrays:
     def from_tables(
         cls, tables: Mapping[str, BracketTable], symbols: Sequence[str]
     ) -> BracketArrays:
-        """Pad every table to the longest; ``floors`` past a table's end are ``inf``."""
-        depth = max(len(tables[symbol].brackets) for symbol in symbols)
+        """Pad every table to the longest plus one; ``floors`` past a table's end are ``inf``."""
+        depth = 1 + max(len(tables[symbol].brackets) for symbol in symbols)
         shape = (len(symbols), depth)
         floors, rates, amounts = np.full(shape, np.inf), np.zeros(shape), np.zeros(shape)
         for row, symbol in enumerate(symbols):
@@ -107,6 +107,8 @@ class BatchResult:
     status: npt.NDArray[np.int8]
     uncertain: BoolArray
     liquidation_price: FloatArray
+    mark_tier: npt.NDArray[np.uint8]  # per row: its tier at the mark
+    price_tier_hint: npt.NDArray[np.uint8]  # per row: its tier at the last liquidation price
 
     @classmethod
     def allocate(cls, book: Book) -> BatchResult:
@@ -119,6 +121,8 @@ class BatchResult:
             status=np.zeros(pools, dtype=np.int8),
             uncertain=np.zeros(pools, dtype=np.bool_),
             liquidation_price=np.zeros(rows),
+            mark_tier=np.zeros(rows, dtype=np.uint8),
+            price_tier_hint=np.zeros(rows, dtype=np.uint8),
         )
 
 
@@ -142,6 +146,7 @@ def evaluate_ratios(
         brackets.amounts,
         levels,
         UNCERTAINTY_BAND,
+        out.mark_tier,
         out.upnl,
         out.maintenance_margin,
         out.margin_ratio,
@@ -169,6 +174,8 @@ def evaluate_liquidation_prices(
         brackets.rates,
         brackets.amounts,
         venue is Venue.BYBIT,
+        out.mark_tier,
+        out.price_tier_hint,
         out.liquidation_price,
     )
 
@@ -189,92 +196,104 @@ def evaluate(
 
 
 @dataclass(frozen=True)
+class Columns:
+    """Positions as parallel columns in any order, with their accounts' cross wallets."""
+
+    account: IntArray  # account number of each position, 0 .. len(cross_wallet) - 1
+    isolated: BoolArray
+    symbol: Int32Array
+    quantity: FloatArray
+    entry_price: FloatArray
+    isolated_wallet: FloatArray  # read for isolated positions only
+    cross_wallet: FloatArray  # one per account
+
+
+def book_from_columns(columns: Columns) -> tuple[Book, IntArray]:
+    """Lay columns out as a ``Book``; also return ``order``: book row ``r`` is input ``order[r]``.
+
+    Vectorised (no per-position Python), so a worker can lay out millions of positions.
+    """
+    order = np.lexsort((columns.symbol, columns.isolated, columns.account))
+    account, isolated = columns.account[order], columns.isolated[order]
+    symbol = columns.symbol[order]
+    accounts = columns.cross_wallet.shape[0]
+    isolated_count = np.bincount(account[isolated], minlength=accounts)
+    rows_count = np.bincount(account, minlength=accounts)
+    pool_base = _exclusive_cumsum(1 + isolated_count)
+    account_first = _exclusive_cumsum(rows_count)
+    rank = np.arange(order.shape[0]) - account_first[account]
+    cross_count = rows_count - isolated_count
+    pool = np.where(
+        isolated, pool_base[account] + 1 + rank - cross_count[account], pool_base[account]
+    )
+    pools = int(pool_base[-1] + 1 + isolated_count[-1]) if accounts else 0
+    isolated_rows = np.flatnonzero(isolated)
+    pool_starts = np.empty(pools + 1, dtype=np.int64)
+    pool_starts[pool_base], pool_starts[pool[isolated_rows]] = account_first, isolated_rows
+    pool_starts[-1] = order.shape[0]
+    pool_wallet = np.empty(pools)
+    pool_wallet[pool_base] = columns.cross_wallet
+    pool_wallet[pool[isolated_rows]] = columns.isolated_wallet[order][isolated_rows]
+    pool_isolated = np.zeros(pools, dtype=np.bool_)
+    pool_isolated[pool[isolated_rows]] = True
+    new_group = np.ones(order.shape[0], dtype=np.bool_)
+    new_group[1:] = isolated[1:] | (account[1:] != account[:-1]) | (symbol[1:] != symbol[:-1])
+    group_first = np.flatnonzero(new_group)
+    book = Book(
+        symbol=symbol.astype(np.int32),
+        quantity=columns.quantity[order],
+        entry_price=columns.entry_price[order],
+        pool_starts=pool_starts,
+        pool_wallet=pool_wallet,
+        pool_isolated=pool_isolated,
+        pool_account=np.repeat(np.arange(accounts, dtype=np.int32), 1 + isolated_count),
+        group_starts=np.append(group_first, order.shape[0]).astype(np.int64),
+        group_pool=pool[group_first].astype(np.int32),
+    )
+    return book, order
+
+
+def _exclusive_cumsum(counts: IntArray) -> IntArray:
+    total = np.zeros(counts.shape[0], dtype=np.int64)
+    np.cumsum(counts[:-1], out=total[1:])
+    return total
+
+
+@dataclass(frozen=True)
 class BookIndex:
-    """Where each account's positions landed: ``rows[a][k]`` is the row of position ``k``."""
+    """Where each account landed: its cross pool, and ``rows[a][k]`` for its position ``k``."""
 
     account_ids: tuple[str, ...]
-    cross_pool: tuple[int, ...]
+    cross_pool: IntArray
     rows: tuple[tuple[int, ...], ...]
 
 
-def book_rows(account: Account) -> list[int]:
-    """Order of an account's positions in the book: cross legs by symbol, then isolated."""
-    order = range(len(account.positions))
-    cross = sorted(
-        (k for k in order if not account.positions[k].is_isolated),
-        key=lambda k: account.positions[k].symbol,
+def columns_of(accounts: Sequence[Account], brackets: BracketArrays) -> Columns:
+    """Columns of domain accounts, positions in input order."""
+    positions = [(a, p) for a, account in enumerate(accounts) for p in account.positions]
+    return Columns(
+        account=np.array([a for a, _ in positions], dtype=np.int64),
+        isolated=np.array([p.is_isolated for _, p in positions], dtype=np.bool_),
+        symbol=np.array([brackets.index[p.symbol] for _, p in positions], dtype=np.int32),
+        quantity=np.array([float(p.quantity) for _, p in positions]),
+        entry_price=np.array([float(p.entry_price) for _, p in positions]),
+        isolated_wallet=np.array([float(p.isolated_wallet or 0) for _, p in positions]),
+        cross_wallet=np.array([float(a.cross_wallet_balance) for a in accounts]),
     )
-    return cross + [k for k in order if account.positions[k].is_isolated]
-
-
-class _BookBuilder:
-    """Accumulates rows, pools and groups in book order."""
-
-    def __init__(self, symbol_index: Mapping[str, int]) -> None:
-        self.symbol_index = symbol_index
-        self.rows: list[tuple[int, float, float]] = []
-        self.pool_starts: list[int] = []
-        self.pool_wallet: list[float] = []
-        self.pool_isolated: list[bool] = []
-        self.pool_account: list[int] = []
-        self.group_starts: list[int] = []
-        self.group_pool: list[int] = []
-
-    def open_pool(self, account: int, wallet: float, isolated: bool) -> int:
-        self.pool_starts.append(len(self.rows))
-        self.pool_wallet.append(wallet)
-        self.pool_isolated.append(isolated)
-        self.pool_account.append(account)
-        return len(self.pool_wallet) - 1
-
-    def add_row(self, position: Position, pool: int, new_group: bool) -> int:
-        if new_group:
-            self.group_starts.append(len(self.rows))
-            self.group_pool.append(pool)
-        symbol = self.symbol_index[position.symbol]
-        self.rows.append((symbol, float(position.quantity), float(position.entry_price)))
-        return len(self.rows) - 1
-
-    def add_account(self, number: int, account: Account) -> tuple[int, tuple[int, ...]]:
-        cross_pool = self.open_pool(number, float(account.cross_wallet_balance), False)
-        placed: dict[int, int] = {}
-        previous_symbol = None
-        for k in book_rows(account):
-            position = account.positions[k]
-            if position.margin_mode is MarginMode.ISOLATED:
-                pool = self.open_pool(number, float(position.isolated_wallet or 0), True)
-                placed[k] = self.add_row(position, pool, new_group=True)
-            else:
-                new_group = position.symbol != previous_symbol
-                placed[k] = self.add_row(position, cross_pool, new_group)
-                previous_symbol = position.symbol
-        return cross_pool, tuple(placed[k] for k in range(len(account.positions)))
-
-    def build(self) -> Book:
-        rows = np.array(self.rows, dtype=np.float64).reshape(-1, 3)
-        return Book(
-            symbol=rows[:, 0].astype(np.int32),
-            quantity=np.ascontiguousarray(rows[:, 1]),
-            entry_price=np.ascontiguousarray(rows[:, 2]),
-            pool_starts=np.array([*self.pool_starts, len(self.rows)], dtype=np.int64),
-            pool_wallet=np.array(self.pool_wallet, dtype=np.float64),
-            pool_isolated=np.array(self.pool_isolated, dtype=np.bool_),
-            pool_account=np.array(self.pool_account, dtype=np.int32),
-            group_starts=np.array([*self.group_starts, len(self.rows)], dtype=np.int64),
-            group_pool=np.array(self.group_pool, dtype=np.int32),
-        )
 
 
 def build_book(accounts: Sequence[Account], brackets: BracketArrays) -> tuple[Book, BookIndex]:
-    """Lay accounts out as a ``Book``, and say where each account and position went."""
-    builder = _BookBuilder(brackets.index)
-    placements = [builder.add_account(number, account) for number, account in enumerate(accounts)]
-    index = BookIndex(
-        account_ids=tuple(account.account_id for account in accounts),
-        cross_pool=tuple(pool for pool, _ in placements),
-        rows=tuple(rows for _, rows in placements),
-    )
-    return builder.build(), index
+    """Lay domain accounts out as a ``Book``, and say where each account and position went."""
+    book, order = book_from_columns(columns_of(accounts, brackets))
+    row_of_input = np.empty_like(order)
+    row_of_input[order] = np.arange(order.shape[0])
+    rows, first = [], 0
+    for account in accounts:
+        count = len(account.positions)
+        rows.append(tuple(int(row) for row in row_of_input[first : first + count]))
+        first += count
+    cross_pool = np.flatnonzero(~book.pool_isolated)
+    return book, BookIndex(tuple(a.account_id for a in accounts), cross_pool, tuple(rows))
 
 
 def row_pool(book: Book) -> IntArray:

@@ -21,12 +21,21 @@ LIQUIDATION_CODE = 3
 
 @njit(cache=True, nogil=True, inline="always")
 def _tier(floors: np.ndarray, symbol: int, notional: float) -> int:
-    """Index of the tier holding ``notional``: floor inclusive, cap exclusive."""
+    """Index of the tier holding ``notional``: floor inclusive, cap exclusive.
+
+    Counts the floors at or below the notional, without branches (padding floors are ``inf``;
+    the last column is padding in every table, so it is never counted).
+    """
     tier = 0
-    last = floors.shape[1] - 1
-    while tier < last and notional >= floors[symbol, tier + 1]:
-        tier += 1
+    for index in range(1, floors.shape[1] - 1):
+        tier += notional >= floors[symbol, index]
     return tier
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _holds(floors: np.ndarray, symbol: int, tier: int, notional: float) -> bool:
+    """Whether ``tier`` holds ``notional`` (the last column of ``floors`` is always ``inf``)."""
+    return bool(floors[symbol, tier] <= notional < floors[symbol, tier + 1])
 
 
 @njit(cache=True, nogil=True)
@@ -42,6 +51,7 @@ def evaluate_pools(
     amount: np.ndarray,
     thresholds: np.ndarray,
     band: float,
+    out_tier: np.ndarray,
     out_upnl: np.ndarray,
     out_maintenance: np.ndarray,
     out_ratio: np.ndarray,
@@ -50,9 +60,10 @@ def evaluate_pools(
 ) -> None:
     """Per pool: ``Σ UPNL``, ``Σ MM``, ``MR = Σ MM / (wallet + Σ UPNL)`` and its status.
 
-    A pool is *uncertain* when float rounding could flip a threshold comparison:
-    ``|MM − threshold × MB| <= band × gross``, where ``gross`` bounds the magnitude of every
-    term summed (``|wallet| + Σ (|Q|·MP + |Q|·EP + MM)``). The exact path decides those.
+    ``out_tier`` receives each row's tier at its mark. A pool is *uncertain* when float
+    rounding could flip a threshold comparison, ``|MM − threshold × MB| <= band × gross``,
+    where ``gross`` bounds the magnitude of every term summed
+    (``|wallet| + Σ (|Q|·MP + |Q|·EP + MM)``). The exact path decides those.
     """
     for pool in range(pool_wallet.shape[0]):
         upnl = 0.0
@@ -64,55 +75,39 @@ def evaluate_pools(
             size = abs(quantity[row])
             notional = size * mark
             tier = _tier(floors, sym, notional)
+            out_tier[row] = tier
             margin = notional * rate[sym, tier] - amount[sym, tier]
             maintenance += margin
             upnl += quantity[row] * (mark - entry_price[row])
             gross += notional + size * entry_price[row] + margin
-        balance = pool_wallet[pool] + upnl
         out_upnl[pool] = upnl
         out_maintenance[pool] = maintenance
-        _classify(
-            pool,
-            pool_starts,
-            maintenance,
-            balance,
-            band * gross,
-            thresholds,
-            out_ratio,
-            out_status,
-            out_uncertain,
-        )
+        empty = pool_starts[pool + 1] == pool_starts[pool]
+        balance = pool_wallet[pool] + upnl
+        out_ratio[pool] = maintenance / balance if balance > 0.0 else math.nan
+        if empty:
+            out_status[pool] = 0
+            out_uncertain[pool] = False
+        else:
+            out_status[pool], out_uncertain[pool] = _classify(
+                maintenance, balance, band * gross, thresholds
+            )
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _classify(
-    pool: int,
-    pool_starts: np.ndarray,
-    maintenance: float,
-    balance: float,
-    tolerance: float,
-    thresholds: np.ndarray,
-    out_ratio: np.ndarray,
-    out_status: np.ndarray,
-    out_uncertain: np.ndarray,
-) -> None:
-    """Status = number of thresholds reached; ``MB <= 0`` is liquidation with no ratio."""
-    empty = pool_starts[pool + 1] == pool_starts[pool]
-    uncertain = abs(balance) <= tolerance and not empty
+    maintenance: float, balance: float, tolerance: float, thresholds: np.ndarray
+) -> tuple[int, bool]:
+    """(status, uncertain): the number of thresholds reached; ``MB <= 0`` is liquidation."""
+    uncertain = abs(balance) <= tolerance
     if balance <= 0.0:
-        out_ratio[pool] = math.nan
-        out_status[pool] = 0 if empty else LIQUIDATION_CODE
-    else:
-        out_ratio[pool] = maintenance / balance
-        status = 0
-        for threshold in thresholds:
-            gap = maintenance - threshold * balance
-            if gap >= 0.0:
-                status += 1
-            if abs(gap) <= tolerance and not empty:
-                uncertain = True
-        out_status[pool] = 0 if empty else status
-    out_uncertain[pool] = uncertain
+        return LIQUIDATION_CODE, uncertain
+    status = 0
+    for threshold in thresholds:
+        gap = maintenance - threshold * balance
+        status += gap >= 0.0
+        uncertain |= abs(gap) <= tolerance
+    return status, uncertain
 
 
 @njit(cache=True, nogil=True)
@@ -131,27 +126,30 @@ def liquidation_prices(
     rate: np.ndarray,
     amount: np.ndarray,
     bybit_isolated: bool,
+    mark_tier: np.ndarray,
+    price_tier_hint: np.ndarray,
     out_price: np.ndarray,
 ) -> None:
     """Liquidation price per group (NaN where none), written to each of its rows.
 
     ``outside_equity = WB − TMM1 + UPNL1``: the pool's wallet plus the uPnL and minus the MM of
-    every position outside the group, from the sums of ``evaluate_pools``.
+    every position outside the group, from the sums and ``mark_tier`` of ``evaluate_pools``.
+    ``price_tier_hint`` keeps each row's tier at its last liquidation price (a first guess).
     """
     for group in range(group_pool.shape[0]):
         first = group_starts[group]
         stop = group_starts[group + 1]
         pool = group_pool[group]
-        mark = marks[symbol[first]]
         if pool_isolated[pool]:
             outside = pool_wallet[pool]
         else:
-            upnl, maintenance = _group_sums(
-                marks, symbol, quantity, entry_price, floors, rate, amount, first, stop
-            )
-            outside = (
-                pool_wallet[pool] + pool_upnl[pool] - pool_maintenance[pool] - upnl + maintenance
-            )
+            own = 0.0
+            for row in range(first, stop):
+                own += _equity_term(
+                    marks, symbol, quantity, entry_price, rate, amount, mark_tier[row], row
+                )
+            outside = pool_wallet[pool] + pool_upnl[pool] - pool_maintenance[pool] - own
+        mark = marks[symbol[first]]
         if bybit_isolated and pool_isolated[pool]:
             price = _bybit_isolated(
                 symbol[first], quantity[first], entry_price[first], outside, floors, rate, amount
@@ -161,6 +159,22 @@ def liquidation_prices(
                 symbol[first],
                 quantity[first],
                 entry_price[first],
+                outside,
+                mark,
+                floors,
+                rate,
+                amount,
+                mark_tier[first],
+                price_tier_hint,
+                first,
+            )
+        elif stop - first == 2:
+            price = _two_legs(
+                symbol[first],
+                quantity[first],
+                entry_price[first],
+                quantity[first + 1],
+                entry_price[first + 1],
                 outside,
                 mark,
                 floors,
@@ -176,30 +190,24 @@ def liquidation_prices(
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _group_sums(
+def _equity_term(
     marks: np.ndarray,
     symbol: np.ndarray,
     quantity: np.ndarray,
     entry_price: np.ndarray,
-    floors: np.ndarray,
     rate: np.ndarray,
     amount: np.ndarray,
-    first: int,
-    stop: int,
-) -> tuple[float, float]:
-    upnl = 0.0
-    maintenance = 0.0
-    for row in range(first, stop):
-        sym = symbol[row]
-        mark = marks[sym]
-        notional = abs(quantity[row]) * mark
-        tier = _tier(floors, sym, notional)
-        maintenance += notional * rate[sym, tier] - amount[sym, tier]
-        upnl += quantity[row] * (mark - entry_price[row])
-    return upnl, maintenance
+    tier: int,
+    row: int,
+) -> float:
+    """A row's ``UPNL − MM`` at its mark, in its ``tier`` there."""
+    sym = symbol[row]
+    mark = marks[sym]
+    margin = abs(quantity[row]) * mark * rate[sym, tier] - amount[sym, tier]
+    return float(quantity[row] * (mark - entry_price[row]) - margin)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _single_leg(
     sym: int,
     qty: float,
@@ -209,32 +217,104 @@ def _single_leg(
     floors: np.ndarray,
     rate: np.ndarray,
     amount: np.ndarray,
+    tier_at_mark: int,
+    hints: np.ndarray,
+    row: int,
 ) -> float:
     """One leg: ``LP_k = (outside + cum_k − Q·EP) / (|Q|·MMR_k − Q)`` in the tier at the price.
 
-    With ``cum`` continuous, every tier's line bounds maintenance margin from below, so a long's
-    true price is the largest ``LP_k`` and a short's the smallest: starting from the tier at the
-    mark, move to the tier at the best price so far until it holds that price (at most one visit
-    per tier). A table that breaks this falls back to the scan of every interval.
+    The last tier found (``hints``) usually still holds the new price: then that is the price
+    (with ``cum`` continuous, one leg's margin balance minus MM is monotone, so a tier consistent
+    with its own price gives the one root). Otherwise: every tier's line bounds MM from below,
+    so a long's price is the largest ``LP_k`` and a short's the smallest; starting from the tier
+    at the mark, move to the tier at the best price so far until it holds that price (at most
+    one visit per tier). A table that breaks this falls back to the scan of every interval.
     """
     size = abs(qty)
-    direction = 1.0 if qty > 0.0 else -1.0
     base = outside - qty * entry
+    tier = hints[row]
+    price = (base + amount[sym, tier]) / (size * rate[sym, tier] - qty)
+    if _holds(floors, sym, tier, size * max(price, 0.0)):
+        return price if price > 0.0 else math.nan
+    direction = 1.0 if qty > 0.0 else -1.0
     best = -math.inf * direction
-    tier = _tier(floors, sym, size * mark)
-    for _ in range(floors.shape[1] + 1):
+    tier = tier_at_mark
+    for _ in range(floors.shape[1]):
         price = (base + amount[sym, tier]) / (size * rate[sym, tier] - qty)
         if direction * price <= direction * best:
             return best if best > 0.0 else math.nan
         best = price
         next_tier = _tier(floors, sym, size * max(best, 0.0))
         if next_tier == tier:
+            hints[row] = tier
             return best if best > 0.0 else math.nan
         tier = next_tier
+    return _one_leg_scan(sym, qty, entry, outside, mark, floors, rate, amount)
+
+
+@njit(cache=True, nogil=True)
+def _one_leg_scan(
+    sym: int,
+    qty: float,
+    entry: float,
+    outside: float,
+    mark: float,
+    floors: np.ndarray,
+    rate: np.ndarray,
+    amount: np.ndarray,
+) -> float:
     symbols = np.full(1, sym, dtype=np.int32)
     return _interval_scan(
         symbols, np.full(1, qty), np.full(1, entry), 0, 1, outside, mark, floors, rate, amount
     )
+
+
+@njit(cache=True, nogil=True)
+def _two_legs(
+    sym: int,
+    qty_a: float,
+    entry_a: float,
+    qty_b: float,
+    entry_b: float,
+    outside: float,
+    mark: float,
+    floors: np.ndarray,
+    rate: np.ndarray,
+    amount: np.ndarray,
+) -> float:
+    """Both hedge legs of a cross symbol: ``_interval_scan`` for two legs, without sorting.
+
+    Each leg's boundaries ``floor_k / |Q|`` ascend, so the intervals are walked by merging the
+    two sequences, each leg's tier advancing as its next boundary is passed.
+    """
+    size_a, size_b = abs(qty_a), abs(qty_b)
+    base = outside - qty_a * entry_a - qty_b * entry_b
+    net = qty_a + qty_b
+    tier_a = tier_b = 0
+    low = 0.0
+    nearest = math.nan
+    while True:
+        next_a = floors[sym, tier_a + 1] / size_a
+        next_b = floors[sym, tier_b + 1] / size_b
+        high = min(next_a, next_b)
+        numerator = base + amount[sym, tier_a] + amount[sym, tier_b]
+        denominator = size_a * rate[sym, tier_a] + size_b * rate[sym, tier_b] - net
+        if denominator != 0.0:
+            nearest = _keep_nearest(numerator / denominator, low, high, mark, nearest)
+        if high == math.inf:
+            return nearest
+        tier_a += next_a <= high
+        tier_b += next_b <= high
+        low = high
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _keep_nearest(root: float, low: float, high: float, mark: float, nearest: float) -> float:
+    """``root`` if it is positive, inside ``[low, high)`` and nearer the mark than ``nearest``."""
+    inside = low * (1.0 - 1e-12) <= root < high * (1.0 + 1e-12)
+    if root > 0.0 and inside and not abs(root - mark) >= abs(nearest - mark):
+        return root
+    return nearest
 
 
 @njit(cache=True, nogil=True)
@@ -250,7 +330,7 @@ def _interval_scan(
     rate: np.ndarray,
     amount: np.ndarray,
 ) -> float:
-    """``liquidation.liquidation_price``: solve each interval between tier boundaries."""
+    """``liquidation.liquidation_price`` for any number of legs: solve each interval."""
     boundaries = [0.0]
     for row in range(first, stop):
         for tier in range(1, floors.shape[1]):
@@ -271,12 +351,8 @@ def _interval_scan(
             tier = _tier(floors, sym, abs(quantity[row]) * low)
             numerator += amount[sym, tier] - quantity[row] * entry_price[row]
             denominator += abs(quantity[row]) * rate[sym, tier] - quantity[row]
-        if denominator == 0.0:
-            continue
-        root = numerator / denominator
-        inside = low * (1.0 - 1e-12) <= root < high * (1.0 + 1e-12)
-        if root > 0.0 and inside and not abs(root - mark) >= abs(nearest - mark):
-            nearest = root
+        if denominator != 0.0:
+            nearest = _keep_nearest(numerator / denominator, low, high, mark, nearest)
     return nearest
 
 
