@@ -143,3 +143,10 @@ def test_schema_command_prints_json_schema() -> None:
     """``marginwatch schema snapshot`` prints the generated JSON Schema."""
     schema = json.loads(run("schema", "snapshot").stdout)
     assert set(schema["required"]) == {"mark_prices", "accounts"}
+
+
+@pytest.mark.parametrize("document", ["snapshot", "report"])
+def test_published_schemas_are_current(document: str) -> None:
+    """docs/schemas holds exactly what the models generate."""
+    published = EXAMPLE.parent.parent / "docs" / "schemas" / f"{document}.schema.json"
+    assert json.loads(published.read_text()) == json.loads(run("schema", document).stdout)
