@@ -1,0 +1,182 @@
+"""Accounts in Redis: versioned per account, partitioned, changed atomically.
+
+Each account is a hash ``keys.account(id)`` with ``version`` (bumped by every accepted change)
+and ``state`` (the account as the snapshot contract's JSON). A change writes the account, adds
+it to its partition's members and appends ``{account, version}`` to the partition's change
+stream in one transaction, guarded by ``WATCH`` on the account: concurrent writers retry, so no
+change is lost or applied on a stale version.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from redis.client import Pipeline
+
+from marginwatch import keys
+from marginwatch.engine.types import Account
+from marginwatch.snapshot import AccountModel
+
+CHANGES_MAXLEN = 1_000_000
+READ_CHUNK = 2_000
+
+T = TypeVar("T")
+
+
+class PartitionCountMismatchError(RuntimeError):
+    """This deployment records another partition count than the one configured."""
+
+
+def partition_of(account_id: str, partitions: int) -> int:
+    """Stable partition of an account: CRC-32 of its id modulo ``partitions``."""
+    return zlib.crc32(account_id.encode()) % partitions
+
+
+def ensure_partition_count(client: redis.Redis, partitions: int) -> int:
+    """Record P on first use; refuse a different P afterwards."""
+    client.set(keys.PARTITION_COUNT, partitions, nx=True)
+    recorded = int(client.get(keys.PARTITION_COUNT) or 0)
+    if recorded != partitions:
+        raise PartitionCountMismatchError(
+            f"this deployment has {recorded} partitions (recorded in Redis at "
+            f"{keys.PARTITION_COUNT}); configured: {partitions}"
+        )
+    return recorded
+
+
+def account_to_json(account: Account) -> str:
+    """The account in the snapshot contract's JSON (numbers as decimal strings)."""
+    return AccountModel.model_validate(
+        {
+            "account_id": account.account_id,
+            "position_mode": account.position_mode,
+            "cross_wallet_balance": account.cross_wallet_balance,
+            "positions": [
+                {
+                    "symbol": p.symbol,
+                    "position_side": p.position_side,
+                    "quantity": p.quantity,
+                    "entry_price": p.entry_price,
+                    "leverage": p.leverage,
+                    "margin_mode": p.margin_mode,
+                    "isolated_wallet": p.isolated_wallet,
+                }
+                for p in account.positions
+            ],
+        }
+    ).model_dump_json(exclude_none=True)
+
+
+def account_from_json(text: str | bytes) -> Account:
+    return AccountModel.model_validate_json(text).to_domain()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAccount:
+    """An account as read, with the version it was read at."""
+
+    version: int
+    account: Account
+
+
+def read_account(client: redis.Redis, account_id: str) -> StoredAccount | None:
+    version, state = client.hmget(keys.account(account_id), ["version", "state"])
+    if state is None:
+        return None
+    return StoredAccount(int(version or 0), account_from_json(state))
+
+
+def read_accounts(client: redis.Redis, account_ids: Sequence[str]) -> dict[str, StoredAccount]:
+    """Several accounts, pipelined in chunks; absent ones are left out."""
+    found: dict[str, StoredAccount] = {}
+    for start in range(0, len(account_ids), READ_CHUNK):
+        chunk = account_ids[start : start + READ_CHUNK]
+        pipe = client.pipeline(transaction=False)
+        for account_id in chunk:
+            pipe.hmget(keys.account(account_id), ["version", "state"])
+        for account_id, (version, state) in zip(chunk, pipe.execute(), strict=True):
+            if state is not None:
+                found[account_id] = StoredAccount(int(version or 0), account_from_json(state))
+    return found
+
+
+def partition_account_ids(client: redis.Redis, partition: int) -> list[str]:
+    members: set[bytes] = client.smembers(keys.partition_members(partition))  # type: ignore[assignment]
+    return sorted(member.decode() for member in members)
+
+
+def write_account(pipe: Pipeline, account: Account, version: int, partitions: int) -> None:
+    """Queue the writes of ``account`` at ``version`` on a transaction pipeline."""
+    partition = partition_of(account.account_id, partitions)
+    pipe.hset(
+        keys.account(account.account_id),
+        mapping={"version": version, "state": account_to_json(account)},
+    )
+    pipe.sadd(keys.partition_members(partition), account.account_id)
+    pipe.xadd(
+        keys.partition_changes(partition),
+        {"account": account.account_id, "version": version},
+        maxlen=CHANGES_MAXLEN,
+        approximate=True,
+    )
+
+
+Mutation = Callable[[StoredAccount | None, Pipeline], T]
+
+
+def update_account(client: redis.Redis, account_id: str, mutate: Mutation[T]) -> T:
+    """Run ``mutate(current, pipe)`` under ``WATCH`` and execute what it queued, atomically.
+
+    ``mutate`` reads nothing from Redis itself (it gets the current account) and queues its
+    writes on ``pipe`` (already in ``MULTI``). If the account changed meanwhile, it runs again
+    on the new version.
+    """
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.account(account_id))  # type: ignore[no-untyped-call]
+                version, state = pipe.hmget(keys.account(account_id), ["version", "state"])
+                current = (
+                    None
+                    if state is None
+                    else StoredAccount(int(version or 0), account_from_json(state))
+                )
+                pipe.multi()
+                result = mutate(current, pipe)
+                pipe.execute()
+                return result
+            except redis.WatchError:
+                continue
+
+
+def store_accounts(client: redis.Redis, accounts: Iterable[Account], partitions: int) -> int:
+    """Replace each account's state (``accounts load``), atomically per account."""
+    ensure_partition_count(client, partitions)
+    count = 0
+    for account in accounts:
+
+        def replace(
+            current: StoredAccount | None, pipe: Pipeline, account: Account = account
+        ) -> None:
+            version = 1 if current is None else current.version + 1
+            write_account(pipe, account, version, partitions)
+
+        update_account(client, account.account_id, replace)
+        count += 1
+    return count
+
+
+def iterate_changes(
+    client: redis.Redis, partition: int, after: str, block_ms: int | None = None
+) -> Iterator[tuple[str, str, int]]:
+    """``(stream id, account id, version)`` of the partition's changes after ``after``."""
+    reply: list[Any] = client.xread(  # type: ignore[assignment]
+        {keys.partition_changes(partition): after}, block=block_ms
+    )
+    for _stream, entries in reply or []:
+        for entry_id, fields in entries:
+            yield entry_id.decode(), fields[b"account"].decode(), int(fields[b"version"])
