@@ -146,9 +146,28 @@ def market_and_account(
     return market, account
 
 
+def moved(market: Mapping[str, Decimal], factors: list[int]) -> dict[str, Decimal]:
+    """``market`` with each mark scaled by ``factor / 1000``, on the mark's own price grid."""
+    result = {}
+    for (name, mark), factor in zip(market.items(), factors, strict=True):
+        exponent = mark.as_tuple().exponent
+        assert isinstance(exponent, int)
+        grid = Decimal(1).scaleb(exponent)
+        result[name] = max(grid, (mark * factor / 1000).quantize(grid, rounding=ROUND_DOWN))
+    return result
+
+
 @st.composite
-def books(draw: st.DrawFn, max_accounts: int = 5) -> tuple[dict[str, Decimal], list[Account]]:
-    """A market and several accounts sharing its marks."""
+def books(
+    draw: st.DrawFn, max_accounts: int = 5
+) -> tuple[dict[str, Decimal], list[Account], dict[str, Decimal]]:
+    """A market, several accounts sharing its marks (maybe one with no positions), new marks."""
     market = draw(markets(min_symbols=2, max_symbols=6))
     count = draw(st.integers(1, max_accounts))
-    return market, [draw(accounts(market, account_id=f"a{n}")) for n in range(count)]
+    accounts_ = [draw(accounts(market, account_id=f"a{n}")) for n in range(count)]
+    if draw(st.integers(0, 4)) == 0:
+        wallet = Decimal(draw(st.integers(0, 10**6)))
+        spot = draw(st.integers(0, len(accounts_)))
+        accounts_.insert(spot, Account("empty", wallet, ()))
+    factors = draw(st.lists(st.integers(500, 1_500), min_size=len(market), max_size=len(market)))
+    return market, accounts_, moved(market, factors)

@@ -348,12 +348,22 @@ def _interval_scan(
         denominator = 0.0
         for row in range(first, stop):
             sym = symbol[row]
-            tier = _tier(floors, sym, abs(quantity[row]) * low)
+            tier = _tier_by_boundaries(floors, sym, abs(quantity[row]), low)
             numerator += amount[sym, tier] - quantity[row] * entry_price[row]
             denominator += abs(quantity[row]) * rate[sym, tier] - quantity[row]
         if denominator != 0.0:
             nearest = _keep_nearest(numerator / denominator, low, high, mark, nearest)
     return nearest
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tier_by_boundaries(floors: np.ndarray, sym: int, size: float, low: float) -> int:
+    """The leg's tier in the interval starting at ``low``: its boundaries ``floor / |Q|`` at or
+    below ``low``, counted with the same division that made them (no rounding mismatch)."""
+    tier = 0
+    for index in range(1, floors.shape[1] - 1):
+        tier += floors[sym, index] / size <= low
+    return tier
 
 
 @njit(cache=True, nogil=True)

@@ -7,6 +7,7 @@ outside the group enters as a constant ``outside_equity``.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -45,30 +46,32 @@ def liquidation_price(
 
 
 def _interval_roots(legs: Sequence[Leg], outside_equity: Decimal) -> list[Decimal]:
-    boundaries = sorted(
-        {ZERO}
-        | {
-            bracket.notional_floor / abs(leg.quantity)
-            for leg in legs
-            for bracket in leg.table.brackets[1:]
-        }
-    )
+    leg_boundaries = [_boundaries(leg) for leg in legs]
+    boundaries = sorted({ZERO}.union(*leg_boundaries))
     roots = []
     for index, low in enumerate(boundaries):
         high = boundaries[index + 1] if index + 1 < len(boundaries) else None
-        root = _root_with_tiers_at(legs, outside_equity, low)
+        # Each leg's tier in [low, high) is the number of its boundaries at or below low:
+        # counted, not looked up at |Q|·low, which rounding can put just below a floor.
+        tiers = [bisect.bisect_right(own, low) for own in leg_boundaries]
+        root = _root_in_tiers(legs, tiers, outside_equity)
         if root is not None and low <= root and (high is None or root < high):
             roots.append(root)
     return roots
 
 
-def _root_with_tiers_at(
-    legs: Sequence[Leg], outside_equity: Decimal, price: Decimal
+def _boundaries(leg: Leg) -> list[Decimal]:
+    """Prices where the leg enters its 2nd, 3rd, ... tier: ``floor / |Q|``, ascending."""
+    return [bracket.notional_floor / abs(leg.quantity) for bracket in leg.table.brackets[1:]]
+
+
+def _root_in_tiers(
+    legs: Sequence[Leg], tiers: Sequence[int], outside_equity: Decimal
 ) -> Decimal | None:
     numerator = outside_equity
     denominator = ZERO
-    for leg in legs:
-        bracket = leg.table.bracket_for(abs(leg.quantity) * price)
+    for leg, tier in zip(legs, tiers, strict=True):
+        bracket = leg.table.brackets[tier]
         numerator += bracket.maintenance_amount - leg.quantity * leg.entry_price
         denominator += abs(leg.quantity) * bracket.maintenance_margin_rate - leg.quantity
     if denominator == 0:
