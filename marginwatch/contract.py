@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class Tick:
         )
 
 
-def ticks_from_prices_hash(fields: Mapping[bytes | str, bytes | str]) -> dict[str, Tick]:
+def ticks_from_prices_hash(fields: Mapping[Any, Any]) -> dict[str, Tick]:
     """The latest tick per symbol, from ``HGETALL keys.PRICES``."""
     return {_text(symbol): Tick.from_json(value) for symbol, value in fields.items()}
 

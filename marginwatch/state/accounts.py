@@ -109,23 +109,32 @@ def partition_account_ids(client: redis.Redis, partition: int) -> list[str]:
     return sorted(member.decode() for member in members)
 
 
-def write_account(pipe: Pipeline, account: Account, version: int, partitions: int) -> None:
-    """Queue the writes of ``account`` at ``version`` on a transaction pipeline."""
+# Writes an account's new state, bumps its version, records it in its partition and appends the
+# change: KEYS = account hash, partition members, partition changes; ARGV = state JSON,
+# account id, change-stream max length. Returns the new version.
+_WRITE_ACCOUNT = """
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'account', ARGV[2], 'version', version)
+return version
+"""
+
+
+def write_account(pipe: Pipeline, account: Account, partitions: int) -> None:
+    """Queue the write of ``account`` (its version is bumped by one) on a pipeline."""
     partition = partition_of(account.account_id, partitions)
-    pipe.hset(
+    script_keys = [
         keys.account(account.account_id),
-        mapping={"version": version, "state": account_to_json(account)},
-    )
-    pipe.sadd(keys.partition_members(partition), account.account_id)
-    pipe.xadd(
+        keys.partition_members(partition),
         keys.partition_changes(partition),
-        {"account": account.account_id, "version": version},
-        maxlen=CHANGES_MAXLEN,
-        approximate=True,
-    )
+    ]
+    pipe.eval(_WRITE_ACCOUNT, 3, *script_keys, account_to_json(account), account.account_id,
+              CHANGES_MAXLEN)  # fmt: skip
 
 
 Mutation = Callable[[StoredAccount | None, Pipeline], T]
+WatchingMutation = Callable[[StoredAccount | None, Pipeline, dict[str, bytes | None]], T]
 
 
 def update_account(client: redis.Redis, account_id: str, mutate: Mutation[T]) -> T:
@@ -135,38 +144,48 @@ def update_account(client: redis.Redis, account_id: str, mutate: Mutation[T]) ->
     writes on ``pipe`` (already in ``MULTI``). If the account changed meanwhile, it runs again
     on the new version.
     """
+    return update_account_watching(
+        client, account_id, (), lambda current, pipe, _watched: mutate(current, pipe)
+    )
+
+
+def update_account_watching(
+    client: redis.Redis, account_id: str, other_keys: Sequence[str], mutate: WatchingMutation[T]
+) -> T:
+    """``update_account``, also watching ``other_keys`` and passing their values to ``mutate``."""
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.account(account_id))  # type: ignore[no-untyped-call]
+                pipe.watch(keys.account(account_id), *other_keys)  # type: ignore[no-untyped-call]
                 version, state = pipe.hmget(keys.account(account_id), ["version", "state"])
                 current = (
                     None
                     if state is None
                     else StoredAccount(int(version or 0), account_from_json(state))
                 )
+                watched: dict[str, bytes | None] = {key: pipe.get(key) for key in other_keys}  # type: ignore[misc]
                 pipe.multi()
-                result = mutate(current, pipe)
+                result = mutate(current, pipe, watched)
                 pipe.execute()
                 return result
             except redis.WatchError:
                 continue
 
 
-def store_accounts(client: redis.Redis, accounts: Iterable[Account], partitions: int) -> int:
-    """Replace each account's state (``accounts load``), atomically per account."""
+def store_accounts(
+    client: redis.Redis, accounts: Iterable[Account], partitions: int, chunk: int = 500
+) -> int:
+    """Replace each account's state (``accounts load``): one atomic script per account,
+    pipelined ``chunk`` at a time."""
     ensure_partition_count(client, partitions)
     count = 0
+    pipe = client.pipeline(transaction=False)
     for account in accounts:
-
-        def replace(
-            current: StoredAccount | None, pipe: Pipeline, account: Account = account
-        ) -> None:
-            version = 1 if current is None else current.version + 1
-            write_account(pipe, account, version, partitions)
-
-        update_account(client, account.account_id, replace)
+        write_account(pipe, account, partitions)
         count += 1
+        if count % chunk == 0:
+            pipe.execute()
+    pipe.execute()
     return count
 
 

@@ -1,0 +1,172 @@
+"""The executor's actions, as plain functions: margin calls, their resolution, liquidations.
+
+Each action re-reads the account and the newest marks and re-checks with the exact path; what
+it finds decides. Each is idempotent: a redelivered or duplicated task changes nothing twice.
+
+* Margin call: once per episode (``keys.episode`` set with NX), a Binance-shaped
+  ``MARGIN_CALL`` event on ``keys.MARGIN_CALL_EVENTS``.
+* Resolution: the episode ends (key deleted) when the ratio is below the re-arm level; a
+  ``resolved`` event.
+* Liquidation: see ``liquidation.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import redis
+
+from marginwatch import keys
+from marginwatch.engine.brackets import BracketTable
+from marginwatch.engine.exact import AccountReport, PoolReport, PositionReport, evaluate_account
+from marginwatch.report import decimal_string
+from marginwatch.settings import Settings
+from marginwatch.state.accounts import StoredAccount, read_account
+from worker.evaluation import read_ticks
+from worker.partition import CROSS_POOL, isolated_pool
+
+EVENTS_MAXLEN = 1_000_000
+EPISODE_TTL_SECONDS = 30 * 24 * 3600
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def evaluate_stored(
+    client: redis.Redis,
+    stored: StoredAccount,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+) -> AccountReport | None:
+    """The account's exact report at the newest marks (``None`` if a mark is missing)."""
+    marks = {symbol: tick.mark_price for symbol, tick in read_ticks(client).items()}
+    if any(position.symbol not in marks for position in stored.account.positions):
+        return None
+    return evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue)
+
+
+def pool_of(report: AccountReport, pool: str) -> tuple[PoolReport, list[PositionReport]] | None:
+    """The pool's figures and its positions; ``None`` if the account no longer has it."""
+    if pool == CROSS_POOL:
+        members = [p for p in report.positions if not p.position.is_isolated]
+        return report.cross, members
+    for position in report.positions:
+        if position.position.is_isolated and isolated_pool(position.position) == pool:
+            return position.pool, [position]
+    return None
+
+
+def margin_call_event(
+    report: AccountReport, pool: str, members: list[PositionReport], event_time_ms: int
+) -> dict[str, Any]:
+    """Binance's ``MARGIN_CALL`` shape (reference §4.1); ``cw`` only for the cross pool."""
+    event: dict[str, Any] = {"e": "MARGIN_CALL", "E": event_time_ms}
+    if pool == CROSS_POOL:
+        event["cw"] = decimal_string(report.account.cross_wallet_balance)
+    event["p"] = [_margin_call_position(member) for member in members]
+    return event
+
+
+def _margin_call_position(member: PositionReport) -> dict[str, Any]:
+    position = member.position
+    return {
+        "s": position.symbol,
+        "ps": position.position_side.value,
+        "pa": decimal_string(position.quantity),
+        "mt": "ISOLATED" if position.is_isolated else "CROSSED",
+        "iw": decimal_string(position.isolated_wallet or Decimal(0)),
+        "mp": decimal_string(member.mark_price),
+        "up": decimal_string(member.unrealized_pnl),
+        "mm": decimal_string(member.maintenance_margin),
+    }
+
+
+def execute_margin_call(
+    client: redis.Redis,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+    action: dict[str, Any],
+) -> tuple[str, dict[str, Any] | None]:
+    """Emit a MARGIN_CALL once per episode if the exact ratio still calls for it.
+
+    Returns the outcome and the event emitted (``None`` when none was).
+    """
+    found = _current_pool(client, tables, settings, action)
+    if found is None:
+        return "gone", None
+    report, pool, members = found
+    if pool.margin_ratio is not None and pool.margin_ratio < settings.margin_call_ratio:
+        return "not_confirmed", None
+    episode = keys.episode(action["account_id"], action["pool"])
+    if not client.set(episode, action["tick_sequence"], nx=True, ex=EPISODE_TTL_SECONDS):
+        return "duplicate", None
+    emitted = now_ms()
+    event = margin_call_event(report, action["pool"], members, emitted)
+    _record(client, "margin_call", action, pool, event, emitted)
+    return "sent", event
+
+
+def execute_resolution(
+    client: redis.Redis,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+    action: dict[str, Any],
+) -> str:
+    """End the episode (and say so) if the exact ratio is below the re-arm level."""
+    found = _current_pool(client, tables, settings, action)
+    rearm_below = settings.margin_call_ratio - settings.margin_call_hysteresis
+    if found is not None:
+        _report, pool, _members = found
+        if pool.margin_ratio is None or pool.margin_ratio >= rearm_below:
+            return "not_confirmed"
+    if not client.delete(keys.episode(action["account_id"], action["pool"])):
+        return "duplicate"
+    emitted = now_ms()
+    event = {"e": "MARGIN_CALL_RESOLVED", "E": emitted}
+    _record(client, "resolved", action, None if found is None else found[1], event, emitted)
+    return "sent"
+
+
+def _current_pool(
+    client: redis.Redis,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+    action: dict[str, Any],
+) -> tuple[AccountReport, PoolReport, list[PositionReport]] | None:
+    stored = read_account(client, action["account_id"])
+    report = None if stored is None else evaluate_stored(client, stored, tables, settings)
+    found = None if report is None else pool_of(report, action["pool"])
+    if report is None or found is None:
+        return None
+    return report, found[0], found[1]
+
+
+def _record(
+    client: redis.Redis,
+    kind: str,
+    action: dict[str, Any],
+    pool: PoolReport | None,
+    event: dict[str, Any],
+    emitted_ms: int,
+) -> None:
+    ratio = None if pool is None else decimal_string(pool.margin_ratio)
+    client.xadd(
+        keys.MARGIN_CALL_EVENTS,
+        {
+            "kind": kind,
+            "account_id": action["account_id"],
+            "pool": action["pool"],
+            "margin_ratio": ratio or "",
+            "event": json.dumps(event),
+            "tick_sequence": action["tick_sequence"],
+            "tick_event_time_ms": action["tick_event_time_ms"],
+            "emitted_ms": emitted_ms,
+        },
+        maxlen=EVENTS_MAXLEN,
+        approximate=True,
+    )

@@ -1,0 +1,113 @@
+"""The ``marginwatch worker`` and ``marginwatch executor`` daemons: thin wrappers over Celery.
+
+Each runs a Celery worker with the solo pool (one task at a time in the main thread, so the
+in-memory partition books need no locks and metrics need no multiprocess mode) and a helper
+thread: the dispatcher for a partition worker, the account-events applier for the executor.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Sequence
+
+import redis
+
+from marginwatch.engine.brackets import BracketTable, default_tables, load_bracket_file
+from marginwatch.settings import Settings
+from marginwatch.state.accounts import ensure_partition_count
+from worker.celery_app import ACTIONS_QUEUE, WEBHOOKS_QUEUE, make_celery, partition_queue
+from worker.dispatch import Dispatcher
+from worker.tasks import Runtime, register_tasks
+
+log = logging.getLogger("marginwatch")
+
+
+class ConfigurationError(RuntimeError):
+    """A daemon cannot start with this configuration; the message says why."""
+
+
+def parse_partitions(spec: str, partition_count: int) -> list[int]:
+    """``"0-7"``, ``"1,3,5"`` or ``"2"`` into partition numbers, each below ``partition_count``."""
+    chosen: set[int] = set()
+    try:
+        for part in spec.split(","):
+            low, _, high = part.strip().partition("-")
+            chosen.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ConfigurationError(f"--partitions: not a list of ranges: {spec!r}") from None
+    outside = sorted(p for p in chosen if not 0 <= p < partition_count)
+    if not chosen or outside:
+        raise ConfigurationError(
+            f"--partitions: {outside or spec} not within 0-{partition_count - 1} "
+            f"(MARGINWATCH_PARTITIONS={partition_count})"
+        )
+    return sorted(chosen)
+
+
+def redis_url(settings: Settings) -> str:
+    if not settings.redis_url:
+        raise ConfigurationError("MARGINWATCH_REDIS_URL is not set")
+    return settings.redis_url
+
+
+def bracket_tables(settings: Settings) -> dict[str, BracketTable]:
+    if settings.brackets_file:
+        return load_bracket_file(settings.brackets_file)
+    return dict(default_tables())
+
+
+def _runtime(settings: Settings) -> Runtime:
+    url = redis_url(settings)
+    client = redis.Redis.from_url(url)
+    ensure_partition_count(client, settings.partitions)
+    app = make_celery(settings, url)
+    runtime = Runtime(settings, client, bracket_tables(settings), app)
+    register_tasks(app, runtime)
+    return runtime
+
+
+def _run_celery(runtime: Runtime, queues: Sequence[str], name: str, loglevel: str) -> None:
+    runtime.app.worker_main(
+        ["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}",
+         "-Q", ",".join(queues), "-n", f"{name}@{socket.gethostname()}",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    )  # fmt: skip
+
+
+def _with_thread(target: Callable[[threading.Event], None], body: Callable[[], None]) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=target, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        body()
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def run_worker(settings: Settings, partition_spec: str, loglevel: str = "INFO") -> None:
+    """Evaluate ``partition_spec``'s partitions until stopped."""
+    partitions = parse_partitions(partition_spec, settings.partitions)
+    runtime = _runtime(settings)
+    dispatcher = Dispatcher(runtime.client, partitions, runtime.enqueue_evaluation)
+    queues = [partition_queue(p) for p in partitions]
+    name = f"partitions-{partition_spec.replace(',', '_')}"
+    _with_thread(dispatcher.run, lambda: _run_celery(runtime, queues, name, loglevel))
+
+
+def run_executor(
+    settings: Settings, queues: Sequence[str] = (ACTIONS_QUEUE, WEBHOOKS_QUEUE),
+    loglevel: str = "INFO",
+) -> None:
+    """Execute actions (and apply account events) until stopped."""
+    from marginwatch.state.applier import run_applier  # noqa: PLC0415 (optional part)
+
+    runtime = _runtime(settings)
+    consumer = f"executor-{socket.gethostname()}"
+
+    def apply_events(stop: threading.Event) -> None:
+        run_applier(runtime.client, runtime.tables, settings.partitions, consumer, stop)
+
+    _with_thread(apply_events, lambda: _run_celery(runtime, queues, "executor", loglevel))
