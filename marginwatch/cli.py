@@ -14,6 +14,7 @@ from marginwatch.engine.exact import evaluate_account
 from marginwatch.engine.types import Thresholds, Venue
 from marginwatch.report import ReportModel, render_report
 from marginwatch.snapshot import SnapshotError, SnapshotModel, parse_snapshot
+from producer.cli import add_arguments as add_producer_arguments
 
 EXIT_INVALID_INPUT = 2
 
@@ -43,6 +44,22 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--brackets", help="leverageBracket JSON file replacing the defaults")
     schema = commands.add_parser("schema", help="print the JSON Schema of a document")
     schema.add_argument("document", choices=["snapshot", "report"])
+    accounts = commands.add_parser("accounts", help="manage the accounts held in Redis")
+    accounts_commands = accounts.add_subparsers(dest="accounts_command", required=True)
+    load = accounts_commands.add_parser("load", help="store a snapshot's accounts in Redis")
+    load.add_argument("snapshot", help="snapshot JSON file, or - for stdin")
+    worker = commands.add_parser("worker", help="run a partition worker")
+    worker.add_argument("--partitions", required=True, help='e.g. "0-7" or "0,2,4"')
+    worker.add_argument("--loglevel", default="INFO")
+    executor = commands.add_parser("executor", help="run the action executor")
+    executor.add_argument("--loglevel", default="INFO")
+    producer = commands.add_parser("producer", help="publish mark-price ticks")
+    add_producer_arguments(producer)
+    status = commands.add_parser("status", help="live ratios and liquidation prices")
+    status.add_argument("account", nargs="?", help="one account (default: the riskiest)")
+    demo = commands.add_parser("demo", help="run the whole system on this machine")
+    demo.add_argument("--accounts", type=int, default=2_000)
+    demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
     return parser
 
 
@@ -89,6 +106,13 @@ def run_schema(args: argparse.Namespace, stdout: TextIO) -> None:
     stdout.write(json.dumps(model.model_json_schema(), indent=2) + "\n")
 
 
+def _run_service(args: argparse.Namespace) -> int:
+    """The commands that talk to Redis; imported here to keep ``evaluate`` light."""
+    from marginwatch.services import run  # noqa: PLC0415 (Redis and Celery only when needed)
+
+    return run(args, sys.stdin, sys.stdout)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -97,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_evaluate(args, sys.stdin, sys.stdout)
         elif args.command == "schema":
             run_schema(args, sys.stdout)
+        else:
+            return _run_service(args)
     except InputError as error:
         print(f"marginwatch: {error}", file=sys.stderr)
         return EXIT_INVALID_INPUT

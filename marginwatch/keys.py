@@ -23,6 +23,7 @@ _PARTITION_MEMBERS = PREFIX + "partition:{partition}:accounts"
 _PARTITION_CHANGES = PREFIX + "partition:{partition}:changes"
 _PARTITION_PENDING = PREFIX + "partition:{partition}:pending"
 _PARTITION_STATUS = PREFIX + "partition:{partition}:status"
+_PARTITION_EVALUATED = PREFIX + "partition:{partition}:evaluated"
 
 # Account events written by the venue's trading core, and those rejected.
 ACCOUNT_EVENTS = PREFIX + "account-events"
@@ -56,6 +57,11 @@ def partition_pending(partition: int) -> str:
 
 def partition_status(partition: int) -> str:
     return _PARTITION_STATUS.format(partition=partition)
+
+
+def partition_evaluated(partition: int) -> str:
+    """The newest tick sequence a finished evaluation of the partition had read."""
+    return _PARTITION_EVALUATED.format(partition=partition)
 
 
 def episode(account_id: str, pool: str) -> str:

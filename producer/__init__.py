@@ -1,1 +1,10 @@
-"""Mark-price producer: validates ticks and publishes them."""
+"""Mark-price producer: validates ticks and publishes them.
+
+A source (``synthetic``, ``replay`` or ``binance``) yields batches of raw ticks;
+``run.run_producer`` validates each with ``validation.TickValidator`` and publishes the valid
+ones atomically with ``publisher.Publisher`` (one Lua script call per batch, on
+``keys.PRICES``, ``keys.TICK_SEQUENCE`` and ``keys.TICKS``). Rejects are counted by reason in
+``run.ProducerStats``; ``cli`` holds the ``marginwatch producer`` options. Only
+``marginwatch.contract`` and ``marginwatch.keys`` are imported from marginwatch, and importing
+any module here starts nothing.
+"""

@@ -98,7 +98,8 @@ def run_worker(settings: Settings, partition_spec: str, loglevel: str = "INFO") 
 
 
 def run_executor(
-    settings: Settings, queues: Sequence[str] = (ACTIONS_QUEUE, WEBHOOKS_QUEUE),
+    settings: Settings,
+    queues: Sequence[str] = (ACTIONS_QUEUE, WEBHOOKS_QUEUE),
     loglevel: str = "INFO",
 ) -> None:
     """Execute actions (and apply account events) until stopped."""

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import redis
+from redis.client import Pipeline
 
 from marginwatch import keys
 from marginwatch.contract import Tick, ticks_from_prices_hash
@@ -68,10 +69,10 @@ def evaluate_partition(
     settle_quiet_pools(book, candidates)
     for pool in np.flatnonzero(candidates):
         confirm_pool(book, int(pool), ticks, settings, send, outcome)
-    write_riskiest(client, book)
+    outcome.newest_tick = max(ticks.values(), key=lambda tick: tick.sequence, default=None)
+    write_progress(client, book, outcome.newest_tick)
     outcome.positions, outcome.pools = book.book.positions, book.book.pools
     outcome.candidates = int(candidates.sum())
-    outcome.newest_tick = max(ticks.values(), key=lambda tick: tick.sequence, default=None)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -178,8 +179,17 @@ def action_payload(
     }
 
 
-def write_riskiest(client: redis.Redis, book: PartitionBook) -> None:
-    """The partition's riskiest pools, for ``marginwatch status`` and the demo view."""
+def write_progress(client: redis.Redis, book: PartitionBook, newest_tick: Tick | None) -> None:
+    """The partition's riskiest pools (for ``status`` and the demo view), and the newest tick
+    sequence this evaluation read, in one transaction (actions are already sent)."""
+    pipe = client.pipeline(transaction=True)
+    write_riskiest(pipe, book)
+    pipe.set(keys.partition_evaluated(book.partition), newest_tick.sequence if newest_tick else 0)
+    pipe.execute()
+
+
+def write_riskiest(pipe: Pipeline, book: PartitionBook) -> None:
+    """Queue the replacement of the partition's riskiest pools on ``pipe``."""
     ratio = np.where(
         book.result.status == LIQUIDATION_CODE, NO_RATIO_SCORE, book.result.margin_ratio
     )
@@ -189,7 +199,5 @@ def write_riskiest(client: redis.Redis, book: PartitionBook) -> None:
         return
     top = np.argpartition(-ratio, count - 1)[:count]
     members = {f"{book.pool_keys[i][0]}|{book.pool_keys[i][1]}": float(ratio[i]) for i in top}
-    pipe = client.pipeline(transaction=True)
     pipe.delete(keys.partition_status(book.partition))
     pipe.zadd(keys.partition_status(book.partition), members)
-    pipe.execute()

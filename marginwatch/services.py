@@ -1,0 +1,70 @@
+"""The commands that talk to Redis: ``accounts load``, ``worker``, ``executor``, ``producer``,
+``status`` and ``demo``. Settings are read here, once per command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+import redis
+
+from marginwatch.settings import Settings
+from marginwatch.snapshot import SnapshotError, parse_snapshot
+from marginwatch.state.accounts import PartitionCountMismatchError, store_accounts
+from worker import daemons
+from worker.daemons import ConfigurationError
+
+EXIT_INVALID_INPUT = 2
+
+
+def run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    """Run one service command; configuration problems exit 2 with one line on stderr."""
+    settings = Settings()
+    try:
+        return _dispatch(args, settings, stdin, stdout)
+    except (ConfigurationError, PartitionCountMismatchError, SnapshotError) as error:
+        print(f"marginwatch: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
+    command = args.command
+    if command == "accounts":
+        return load_accounts(settings, args.snapshot, stdin, stdout)
+    if command == "worker":
+        daemons.run_worker(settings, args.partitions, args.loglevel)
+    elif command == "executor":
+        daemons.run_executor(settings, loglevel=args.loglevel)
+    elif command == "producer":
+        from producer.cli import run as run_producer  # noqa: PLC0415 (producer stays optional)
+
+        tables = daemons.bracket_tables(settings)
+        return run_producer(args, settings, set(tables))
+    elif command == "status":
+        from marginwatch.status import print_status  # noqa: PLC0415 (only this command)
+
+        return print_status(settings, args.account, stdout)
+    elif command == "demo":
+        from marginwatch.demo import run_demo  # noqa: PLC0415 (only this command)
+
+        return run_demo(settings, args.accounts, args.duration, stdout)
+    return 0
+
+
+def load_accounts(settings: Settings, path: str, stdin: TextIO, stdout: TextIO) -> int:
+    """``marginwatch accounts load``: validate, then store atomically per account."""
+    text = stdin.read() if path == "-" else _read(path)
+    snapshot = parse_snapshot(text, daemons.bracket_tables(settings))
+    client = redis.Redis.from_url(daemons.redis_url(settings))
+    count = store_accounts(client, snapshot.accounts, settings.partitions)
+    stdout.write(f"stored {count} accounts in {settings.partitions} partitions\n")
+    return 0
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ConfigurationError(f"{path}: cannot read ({error.strerror})") from None
