@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/marginwatch evaluate examples/snapshot.json
+	$(BIN)/marginwatch demo $(DEMO_ARGS)
 
 check: lint typecheck test
 

@@ -17,6 +17,7 @@ import redis
 from marginwatch.engine.brackets import BracketTable, default_tables, load_bracket_file
 from marginwatch.settings import Settings
 from marginwatch.state.accounts import ensure_partition_count
+from marginwatch.state.applier import run_applier
 from worker.celery_app import ACTIONS_QUEUE, WEBHOOKS_QUEUE, make_celery, partition_queue
 from worker.dispatch import Dispatcher
 from worker.tasks import Runtime, register_tasks
@@ -103,8 +104,6 @@ def run_executor(
     loglevel: str = "INFO",
 ) -> None:
     """Execute actions (and apply account events) until stopped."""
-    from marginwatch.state.applier import run_applier  # noqa: PLC0415 (optional part)
-
     runtime = _runtime(settings)
     consumer = f"executor-{socket.gethostname()}"
 
