@@ -35,8 +35,16 @@ class Dispatcher:
         self.enqueued = 0
 
     def start_from_now(self) -> None:
-        """Skip what is already on the streams (the first evaluation reads the current state)."""
-        self.last_ids = dict.fromkeys(self._streams(), "$")
+        """Skip what is already on the streams (the first evaluation reads the current state).
+
+        The newest id of each stream is read, not ``$``: ``$`` only means "after this call", so
+        entries added between two reads of a quiet stream would be missed.
+        """
+        self.last_ids = {stream: self._newest_id(stream) for stream in self._streams()}
+
+    def _newest_id(self, stream: str) -> str:
+        newest: list[Any] = self.client.xrevrange(stream, count=1)  # type: ignore[assignment]
+        return newest[0][0].decode() if newest else "0-0"
 
     def _streams(self) -> list[str]:
         return [keys.TICKS, *(keys.partition_changes(p) for p in self.partitions)]
