@@ -1,0 +1,143 @@
+"""Executor actions against real Redis: re-checked, idempotent, Binance-shaped."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any, ClassVar
+
+import pytest
+import redis
+
+from marginwatch import keys
+from marginwatch.contract import Tick
+from marginwatch.engine.brackets import default_tables
+from marginwatch.engine.types import Account, MarginMode, Position
+from marginwatch.settings import Settings
+from marginwatch.state.accounts import read_account, store_accounts
+from producer.publisher import Publisher
+from worker.actions import execute_margin_call, execute_resolution
+from worker.liquidation import execute_liquidation
+from worker.webhooks import SIGNATURE_HEADER, WebhookDeliveryError, deliver
+
+D = Decimal
+SETTINGS = Settings(redis_url="unused", partitions=1, liquidation_fee_rate=D("0.001"))
+TABLES = dict(default_tables())
+ACCOUNT = Account("E", D(1265), (Position("BTCUSDT", D(1), D(50_000), 20, MarginMode.CROSS),))
+ACTION: dict[str, Any] = {"account_id": "E", "pool": "cross", "version": 1,
+                          "tick_sequence": 7, "tick_event_time_ms": 1_700_000_000_000}  # fmt: skip
+
+
+@pytest.fixture
+def stored(redis_client: redis.Redis) -> redis.Redis:
+    """ACCOUNT in Redis at version 1."""
+    store_accounts(redis_client, [ACCOUNT], partitions=1)
+    return redis_client
+
+
+def mark(client: redis.Redis, price: str, event_time_ms: int) -> None:
+    Publisher(client).publish([Tick("BTCUSDT", D(price), event_time_ms)])
+
+
+def test_margin_call_event_is_binance_shaped_and_sent_once(stored: redis.Redis) -> None:
+    """At 48,950 (ratio 0.911): one MARGIN_CALL with cw and the position; then duplicate."""
+    mark(stored, "48950", 1)
+    outcome, event = execute_margin_call(stored, TABLES, SETTINGS, ACTION)
+    assert outcome == "sent"
+    assert event is not None
+    assert event["e"] == "MARGIN_CALL"
+    assert event["cw"] == "1265"
+    assert event["p"] == [{"s": "BTCUSDT", "ps": "BOTH", "pa": "1", "mt": "CROSSED", "iw": "0",
+                           "mp": "48950", "up": "-1050", "mm": "195.8"}]  # fmt: skip
+    assert execute_margin_call(stored, TABLES, SETTINGS, ACTION) == ("duplicate", None)
+    assert stored.xlen(keys.MARGIN_CALL_EVENTS) == 1
+
+
+def test_margin_call_not_confirmed_after_recovery(stored: redis.Redis) -> None:
+    """At 49,500 the exact ratio is 198 / 765 = 0.26: nothing is sent."""
+    mark(stored, "49500", 1)
+    assert execute_margin_call(stored, TABLES, SETTINGS, ACTION) == ("not_confirmed", None)
+    assert stored.xlen(keys.MARGIN_CALL_EVENTS) == 0
+
+
+def test_resolution_ends_the_episode(stored: redis.Redis) -> None:
+    """After a margin call, a ratio below 0.75 resolves it once."""
+    mark(stored, "48950", 1)
+    execute_margin_call(stored, TABLES, SETTINGS, ACTION)
+    mark(stored, "49500", 2)
+    assert execute_resolution(stored, TABLES, SETTINGS, ACTION) == "sent"
+    assert execute_resolution(stored, TABLES, SETTINGS, ACTION) == "duplicate"
+    kinds = [fields[b"kind"] for _id, fields in stored.xrange(keys.MARGIN_CALL_EVENTS)]
+    assert kinds == [b"margin_call", b"resolved"]
+
+
+def test_liquidation_executes_exactly_once(stored: redis.Redis) -> None:
+    """At 48,700 the pool is bankrupt: closed once; a redelivered task changes nothing."""
+    stored.set(keys.INSURANCE_FUND, "1000")
+    mark(stored, "48700", 1)
+    assert execute_liquidation(stored, TABLES, SETTINGS, ACTION) == "liquidated"
+    assert execute_liquidation(stored, TABLES, SETTINGS, ACTION) == "duplicate"
+    after = read_account(stored, "E")
+    assert after is not None
+    assert after.version == 2
+    assert after.account.positions == ()
+    assert after.account.cross_wallet_balance == 0
+    # 1,265 + 1 × (48,700 − 50,000) = −35: no fee, the fund covers 35.
+    assert stored.get(keys.INSURANCE_FUND) == str(D(1000) - D(35)).encode()
+    assert stored.xlen(keys.LIQUIDATIONS) == 1
+
+
+def test_liquidation_skipped_when_rescued(stored: redis.Redis) -> None:
+    """A price back at 49,500 by execution time: skipped, recorded, account unchanged."""
+    mark(stored, "49500", 1)
+    assert execute_liquidation(stored, TABLES, SETTINGS, ACTION) == "skipped"
+    ((_id, fields),) = stored.xrange(keys.LIQUIDATIONS)
+    assert fields[b"kind"] == b"skipped"
+    assert fields[b"reason"].startswith(b"rescued")
+    version = stored.hget(keys.account("E"), "version")
+    assert version == b"1"
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """Accepts POSTs and keeps what it got."""
+
+    received: ClassVar[list[tuple[bytes, str]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Receiver.received.append((body, self.headers[SIGNATURE_HEADER]))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        """Quiet."""
+
+
+@pytest.fixture
+def receiver() -> Iterator[str]:
+    """A local HTTP receiver on a free port; yields its URL."""
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+
+
+def test_webhook_is_signed_with_hmac_sha256(receiver: str) -> None:
+    """The receiver can verify the body against the shared secret."""
+    body = json.dumps({"e": "MARGIN_CALL"}).encode()
+    assert deliver(receiver, body, "s3cret") == 204
+    got, signature = Receiver.received[-1]
+    assert got == body
+    assert signature == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+
+
+def test_webhook_failure_raises_for_retry() -> None:
+    """A receiver that is not there raises, so the task retries with backoff."""
+    with pytest.raises(WebhookDeliveryError):
+        deliver("http://127.0.0.1:9/hook", b"{}", "s3cret")
