@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="INFO")
     executor = commands.add_parser("executor", help="run the action executor")
     executor.add_argument("--loglevel", default="INFO")
+    executor.add_argument(
+        "--queues",
+        default="actions,webhooks",
+        help="what to consume: actions (with the account-events applier), webhooks, or both",
+    )
     producer = commands.add_parser("producer", help="publish mark-price ticks")
     add_producer_arguments(producer)
     status = commands.add_parser("status", help="live ratios and liquidation prices")

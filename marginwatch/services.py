@@ -35,7 +35,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdou
     if command == "worker":
         daemons.run_worker(settings, args.partitions, args.loglevel)
     elif command == "executor":
-        daemons.run_executor(settings, loglevel=args.loglevel)
+        daemons.run_executor(settings, daemons.parse_queues(args.queues), args.loglevel)
     elif command == "producer":
         from producer.cli import run as run_producer  # noqa: PLC0415 (producer stays optional)
 

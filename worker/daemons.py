@@ -98,16 +98,30 @@ def run_worker(settings: Settings, partition_spec: str, loglevel: str = "INFO") 
     _with_thread(dispatcher.run, lambda: _run_celery(runtime, queues, name, loglevel))
 
 
+EXECUTOR_QUEUES = {"actions": ACTIONS_QUEUE, "webhooks": WEBHOOKS_QUEUE}
+
+
+def parse_queues(spec: str) -> list[str]:
+    """``"actions,webhooks"`` into Celery queue names."""
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(EXECUTOR_QUEUES))
+    if unknown or not names:
+        raise ConfigurationError(f"--queues: expected actions and/or webhooks, got {spec!r}")
+    return [EXECUTOR_QUEUES[name] for name in names]
+
+
 def run_executor(
     settings: Settings,
     queues: Sequence[str] = (ACTIONS_QUEUE, WEBHOOKS_QUEUE),
     loglevel: str = "INFO",
 ) -> None:
-    """Execute actions (and apply account events) until stopped."""
+    """Execute actions until stopped; with the actions queue, also apply account events."""
     runtime = _runtime(settings)
     consumer = f"executor-{socket.gethostname()}"
+    name = "executor-" + "-".join(queue.rsplit(".", 1)[-1] for queue in queues)
 
     def apply_events(stop: threading.Event) -> None:
-        run_applier(runtime.client, runtime.tables, settings.partitions, consumer, stop)
+        if ACTIONS_QUEUE in queues:
+            run_applier(runtime.client, runtime.tables, settings.partitions, consumer, stop)
 
-    _with_thread(apply_events, lambda: _run_celery(runtime, queues, "executor", loglevel))
+    _with_thread(apply_events, lambda: _run_celery(runtime, queues, name, loglevel))
