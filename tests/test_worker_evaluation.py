@@ -103,3 +103,17 @@ def test_refresh_reads_changed_accounts_only(
     assert book.refresh(redis_client) == 1
     assert book.accounts["E"].version == 2
     assert at_price(redis_client, book, "48700") == []  # rescued by the deposit
+
+
+def test_episode_survives_a_change_of_layout(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """A new isolated position moves the rows; the cross pool keeps its episode."""
+    assert at_price(redis_client, book, "48950") == [TASK_MARGIN_CALL]
+    eth = Position("ETHUSDT", D(-1), D(2500), 10, MarginMode.ISOLATED, isolated_wallet=D(300))
+    Publisher(redis_client).publish([Tick("ETHUSDT", D(2500), next(EVENT_TIMES))])
+    store_accounts(redis_client, [Account("E", D(965), (*ACCOUNT.positions, eth))], partitions=1)
+    # MB = 965 − 1,050 < 0 now: the cross pool liquidates, but no second margin call.
+    assert at_price(redis_client, book, "48950") == [TASK_LIQUIDATE]
+    keys_now = sorted(book.pool_key(pool) for pool in range(book.book.pools))
+    assert keys_now == [("E", "cross"), ("E", "isolated:ETHUSDT:BOTH")]

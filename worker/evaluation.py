@@ -39,7 +39,8 @@ SendAction = Callable[[str, dict[str, Any]], None]
 
 @dataclass
 class EvaluationOutcome:
-    """What one evaluation saw and did."""
+    """What one evaluation saw and did; ``started_at`` is wall-clock Unix seconds, ``ticks``
+    and ``marks`` the prices it read (for metrics)."""
 
     positions: int = 0
     pools: int = 0
@@ -48,6 +49,9 @@ class EvaluationOutcome:
     sent: dict[str, int] = field(default_factory=dict)
     newest_tick: Tick | None = None
     seconds: float = 0.0
+    started_at: float = 0.0
+    ticks: dict[str, Tick] = field(default_factory=dict, repr=False)
+    marks: batch.FloatArray = field(default_factory=lambda: np.zeros(0), repr=False)
 
 
 def read_ticks(client: redis.Redis) -> dict[str, Tick]:
@@ -60,10 +64,13 @@ def evaluate_partition(
     book: PartitionBook, client: redis.Redis, settings: Settings, send: SendAction
 ) -> EvaluationOutcome:
     """Refresh the partition, screen it, confirm candidates, send the due actions."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     ticks = read_ticks(client)
-    outcome = EvaluationOutcome(accounts_refreshed=book.refresh(client))
+    refreshed = book.refresh(client)
     marks = book.brackets.marks_array({s: tick.mark_price for s, tick in ticks.items()})
+    outcome = EvaluationOutcome(
+        accounts_refreshed=refreshed, started_at=started_at, ticks=ticks, marks=marks
+    )
     batch.evaluate_ratios(book.book, book.brackets, marks, settings.thresholds, book.result)
     candidates = select_candidates(book, settings)
     settle_quiet_pools(book, candidates)
@@ -102,7 +109,7 @@ def confirm_pool(
 ) -> None:
     """Evaluate the pool exactly and send what its exact status calls for."""
     stored = book.account_of_pool(pool)
-    pool_name = book.pool_keys[pool][1]
+    pool_name = book.pool_key(pool)[1]
     if any(position.symbol not in ticks for position in stored.account.positions):
         return
     marks = {symbol: tick.mark_price for symbol, tick in ticks.items()}
@@ -198,6 +205,6 @@ def write_riskiest(pipe: Pipeline, book: PartitionBook) -> None:
     if count == 0:
         return
     top = np.argpartition(-ratio, count - 1)[:count]
-    members = {f"{book.pool_keys[i][0]}|{book.pool_keys[i][1]}": float(ratio[i]) for i in top}
+    members = {"|".join(book.pool_key(int(i))): float(ratio[i]) for i in top}
     pipe.delete(keys.partition_status(book.partition))
     pipe.zadd(keys.partition_status(book.partition), members)

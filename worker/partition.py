@@ -1,13 +1,18 @@
 """A partition's book in memory: its accounts as the engine's arrays, kept current by version.
 
 Loaded once at start; afterwards only the accounts named on the partition's change stream are
-read again (when their version is newer than the one held), and the arrays are rebuilt.
-Per-pool memory (last confirmed status, margin-call episode) survives rebuilds by pool key.
+read again (when their version is newer than the one held). Their rows are replaced in the
+column arrays and the book is laid out again with vectorised code, so a change costs array work,
+not a Python pass over every position.
+
+Each pool has a stable integer identity, ``account number × stride + code`` (code 0: the cross
+pool; ``1 + 3 × symbol index + side index``: an isolated position), so per-pool memory (last
+confirmed status, margin-call episode) follows its pool across layouts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +23,7 @@ import redis
 from marginwatch import keys
 from marginwatch.engine import batch
 from marginwatch.engine.brackets import BracketTable
-from marginwatch.engine.types import Account, Position
+from marginwatch.engine.types import Account, Position, PositionSide
 from marginwatch.state.accounts import (
     StoredAccount,
     iterate_changes,
@@ -28,14 +33,14 @@ from marginwatch.state.accounts import (
 
 CROSS_POOL = "cross"
 UNKNOWN_STATUS = -1
+SIDES = (PositionSide.BOTH, PositionSide.LONG, PositionSide.SHORT)
+
+PoolKey = tuple[str, str]  # (account id, pool name)
 
 
 def isolated_pool(position: Position) -> str:
     """Pool name of an isolated position: ``isolated:SYMBOL:SIDE``."""
     return f"isolated:{position.symbol}:{position.position_side.value}"
-
-
-PoolKey = tuple[str, str]  # (account id, pool name)
 
 
 @dataclass
@@ -47,14 +52,23 @@ class PartitionBook:
     tables: Mapping[str, BracketTable]
     accounts: dict[str, StoredAccount] = field(default_factory=dict)
     last_change_id: str = "0"
+    ids: list[str] = field(default_factory=list)  # account number -> id
+    numbers: dict[str, int] = field(default_factory=dict)  # id -> account number
+    columns: batch.Columns = field(init=False)
+    row_code: npt.NDArray[np.int64] = field(init=False)  # per column row: its isolated code
     book: batch.Book = field(init=False)
     result: batch.BatchResult = field(init=False)
-    pool_keys: list[PoolKey] = field(default_factory=list)
-    confirmed_status: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, np.int8))
-    in_episode: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, np.bool_))
+    pool_codes: npt.NDArray[np.int64] = field(init=False)
+    confirmed_status: npt.NDArray[np.int8] = field(init=False)
+    in_episode: npt.NDArray[np.bool_] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rebuild()
+        self.columns, self.row_code = _rows([], self.brackets)
+        self._lay_out(set())
+
+    @property
+    def code_stride(self) -> int:
+        return 1 + 3 * len(self.brackets.symbols)
 
     def load(self, client: redis.Redis) -> None:
         """Read every account of the partition (changes before the read are already in it)."""
@@ -62,57 +76,124 @@ class PartitionBook:
             keys.partition_changes(self.partition), count=1
         )
         self.last_change_id = newest[0][0].decode() if newest else "0"
-        ids = partition_account_ids(client, self.partition)
-        self.accounts = read_accounts(client, ids)
-        self.rebuild()
+        self.replace(read_accounts(client, partition_account_ids(client, self.partition)))
 
     def refresh(self, client: redis.Redis) -> int:
-        """Read the accounts changed since the last refresh; rebuild if any is newer."""
-        changed: dict[str, int] = {}
+        """Read the accounts changed since the last refresh; lay out again if any is newer."""
+        changed: set[str] = set()
         for entry_id, account_id, version in iterate_changes(
             client, self.partition, self.last_change_id
         ):
             self.last_change_id = entry_id
             held = self.accounts.get(account_id)
             if held is None or held.version < version:
-                changed[account_id] = version
-        if not changed:
-            return 0
-        self.accounts.update(read_accounts(client, sorted(changed)))
-        self.rebuild(set(changed))
+                changed.add(account_id)
+        if changed:
+            self.replace(read_accounts(client, sorted(changed)))
         return len(changed)
 
-    def rebuild(self, changed: set[str] | None = None) -> None:
-        """Lay the accounts out again, carrying per-pool memory over by pool key.
+    def replace(self, updated: Mapping[str, StoredAccount]) -> None:
+        """Put these accounts' current state in place of what the book held for them."""
+        for account_id in updated:
+            if account_id not in self.numbers:
+                self.numbers[account_id] = len(self.ids)
+                self.ids.append(account_id)
+        self.accounts.update(updated)
+        changed = np.array([self.numbers[a] for a in updated], dtype=np.int64)
+        new_rows = [(self.numbers[a], stored.account) for a, stored in updated.items()]
+        self._swap_rows(changed, new_rows)
+        self._lay_out(set(changed.tolist()))
 
-        A changed account keeps its margin-call episodes but its pools' statuses are confirmed
-        again (a deposit may have rescued it, or a fill put it at risk).
-        """
-        previous = {
-            key: (UNKNOWN_STATUS if key[0] in (changed or ()) else status, episode)
-            for key, status, episode in zip(
-                self.pool_keys, self.confirmed_status, self.in_episode, strict=True
-            )
-        }
-        accounts = [stored.account for stored in self.accounts.values()]
-        self.book, index = batch.build_book(accounts, self.brackets)
+    def _swap_rows(
+        self, changed: npt.NDArray[np.int64], new_rows: list[tuple[int, Account]]
+    ) -> None:
+        keep = ~np.isin(self.columns.account, changed)
+        fresh, fresh_code = _rows(new_rows, self.brackets)
+        wallets = np.zeros(len(self.ids))
+        wallets[: self.columns.cross_wallet.shape[0]] = self.columns.cross_wallet
+        wallets[[n for n, _ in new_rows]] = [float(a.cross_wallet_balance) for _, a in new_rows]
+        self.columns = _concatenate(self.columns, keep, fresh, wallets)
+        self.row_code = np.concatenate([self.row_code[keep], fresh_code])
+
+    def _lay_out(self, changed_numbers: set[int]) -> None:
+        """Lay the columns out as a book; carry per-pool memory over by pool identity."""
+        old_codes = getattr(self, "pool_codes", np.zeros(0, np.int64))
+        old_status = getattr(self, "confirmed_status", np.zeros(0, np.int8))
+        old_episode = getattr(self, "in_episode", np.zeros(0, np.bool_))
+        self.book, order = batch.book_from_columns(self.columns)
         self.result = batch.BatchResult.allocate(self.book)
-        self.pool_keys = _pool_keys(accounts, self.book, index)
-        memory = [previous.get(key, (UNKNOWN_STATUS, False)) for key in self.pool_keys]
-        self.confirmed_status = np.array([status for status, _ in memory], dtype=np.int8)
-        self.in_episode = np.array([episode for _, episode in memory], dtype=np.bool_)
+        self.pool_codes = self.book.pool_account.astype(np.int64) * self.code_stride
+        isolated = self.book.pool_isolated
+        self.pool_codes[isolated] += self.row_code[order[self.book.pool_starts[:-1][isolated]]]
+        self.confirmed_status = np.full(self.book.pools, UNKNOWN_STATUS, dtype=np.int8)
+        self.in_episode = np.zeros(self.book.pools, dtype=np.bool_)
+        if old_codes.size:
+            found, where = _lookup(old_codes, self.pool_codes)
+            self.confirmed_status[found] = old_status[where[found]]
+            self.in_episode[found] = old_episode[where[found]]
+        if changed_numbers:
+            touched = np.isin(self.book.pool_account, list(changed_numbers))
+            self.confirmed_status[touched] = UNKNOWN_STATUS
+
+    def pool_key(self, pool: int) -> PoolKey:
+        """(account id, pool name) of a pool of the current layout."""
+        code = int(self.pool_codes[pool])
+        account_id = self.ids[code // self.code_stride]
+        within = code % self.code_stride
+        if within == 0:
+            return account_id, CROSS_POOL
+        symbol = self.brackets.symbols[(within - 1) // 3]
+        return account_id, f"isolated:{symbol}:{SIDES[(within - 1) % 3].value}"
 
     def account_of_pool(self, pool: int) -> StoredAccount:
-        return self.accounts[self.pool_keys[pool][0]]
+        return self.accounts[self.pool_key(pool)[0]]
 
 
-def _pool_keys(accounts: list[Account], book: batch.Book, index: batch.BookIndex) -> list[PoolKey]:
-    pool_of_row = batch.row_pool(book)
-    names: list[PoolKey] = [("", "")] * book.pools
-    for number, account in enumerate(accounts):
-        names[int(index.cross_pool[number])] = (account.account_id, CROSS_POOL)
-        for k, position in enumerate(account.positions):
-            if position.is_isolated:
-                pool = int(pool_of_row[index.rows[number][k]])
-                names[pool] = (account.account_id, isolated_pool(position))
-    return names
+def _lookup(
+    old_codes: npt.NDArray[np.int64], new_codes: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """For each new code: whether the old layout had it, and at which old index."""
+    ranked = np.argsort(old_codes)
+    position = np.clip(np.searchsorted(old_codes, new_codes, sorter=ranked), 0, old_codes.size - 1)
+    where = ranked[position]
+    return old_codes[where] == new_codes, where
+
+
+def _rows(
+    accounts: Iterable[tuple[int, Account]], brackets: batch.BracketArrays
+) -> tuple[batch.Columns, npt.NDArray[np.int64]]:
+    """Column rows of the given (account number, account) pairs, with their isolated codes."""
+    rows = [(number, p) for number, account in accounts for p in account.positions]
+    codes = [_isolated_code(p, brackets) if p.is_isolated else 0 for _, p in rows]
+    columns = batch.Columns(
+        account=np.array([n for n, _ in rows], dtype=np.int64),
+        isolated=np.array([p.is_isolated for _, p in rows], dtype=np.bool_),
+        symbol=np.array([brackets.index[p.symbol] for _, p in rows], dtype=np.int32),
+        quantity=np.array([float(p.quantity) for _, p in rows]),
+        entry_price=np.array([float(p.entry_price) for _, p in rows]),
+        isolated_wallet=np.array([float(p.isolated_wallet or 0) for _, p in rows]),
+        cross_wallet=np.zeros(0),
+    )
+    return columns, np.array(codes, dtype=np.int64)
+
+
+def _isolated_code(position: Position, brackets: batch.BracketArrays) -> int:
+    return 1 + 3 * brackets.index[position.symbol] + SIDES.index(position.position_side)
+
+
+def _concatenate(
+    old: batch.Columns, keep: npt.NDArray[np.bool_], fresh: batch.Columns,
+    wallets: npt.NDArray[np.float64],
+) -> batch.Columns:  # fmt: skip
+    def join(name: str) -> Any:
+        return np.concatenate([getattr(old, name)[keep], getattr(fresh, name)])
+
+    return batch.Columns(
+        account=join("account"),
+        isolated=join("isolated"),
+        symbol=join("symbol"),
+        quantity=join("quantity"),
+        entry_price=join("entry_price"),
+        isolated_wallet=join("isolated_wallet"),
+        cross_wallet=wallets,
+    )
