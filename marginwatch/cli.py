@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the whole system on this machine")
     demo.add_argument("--accounts", type=int, default=2_000)
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
+    demo.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=9101,
+        help="the children serve metrics on this port and the next three (0: none)",
+    )
     return parser
 
 

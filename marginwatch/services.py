@@ -48,7 +48,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdou
     elif command == "demo":
         from marginwatch.demo import run_demo  # noqa: PLC0415 (only this command)
 
-        return run_demo(settings, args.accounts, args.duration, stdout)
+        return run_demo(settings, args.accounts, args.duration, stdout, args.metrics_port_base)
     return 0
 
 

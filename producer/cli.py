@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from marginwatch.settings import Settings
+    from producer.run import ProducerStats
     from producer.ticks import Source
     from producer.validation import TickValidator
 
@@ -73,7 +74,42 @@ def run(args: argparse.Namespace, settings: Settings, known_symbols: set[str]) -
     except SourceArgumentError as error:
         return _fail(str(error), EXIT_INVALID_INPUT)
     validator = _validator(known_symbols, args.max_jump_ratio or settings.max_jump_ratio)
-    return _run_source(settings.redis_url, source, validator, args.duration)
+    try:
+        with _metrics_served(settings.metrics_port) as stats:
+            return _run_source(settings.redis_url, source, validator, args.duration, stats)
+    except MetricsPortError as error:
+        return _fail(str(error), EXIT_INVALID_INPUT)
+
+
+class MetricsPortError(RuntimeError):
+    """The metrics port cannot be listened on; the message says why."""
+
+
+@contextmanager
+def _metrics_served(port: int | None) -> Iterator[ProducerStats]:
+    """Stats whose counts move the producer's metrics, served on ``port`` (if set) inside."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415 (see module doc)
+
+    from marginwatch.metrics import ProducerMetrics, metrics_url, serve_metrics  # noqa: PLC0415
+    from producer.run import ProducerStats  # noqa: PLC0415
+
+    registry = CollectorRegistry()
+    stats = ProducerStats(metrics=ProducerMetrics(registry))
+    try:
+        server = serve_metrics(registry, port)
+    except OSError as error:
+        raise MetricsPortError(
+            f"MARGINWATCH_METRICS_PORT={port}: cannot listen ({error.strerror})"
+        ) from None
+    if server is None:
+        yield stats
+        return
+    print(f"marginwatch: serving metrics on {metrics_url(server)}", file=sys.stderr)
+    try:
+        yield stats
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _validator(known_symbols: set[str], max_jump_ratio: Decimal | None) -> TickValidator:
@@ -84,7 +120,11 @@ def _validator(known_symbols: set[str], max_jump_ratio: Decimal | None) -> TickV
 
 
 def _run_source(
-    redis_url: str, source: Source, validator: TickValidator, duration_seconds: float | None
+    redis_url: str,
+    source: Source,
+    validator: TickValidator,
+    duration_seconds: float | None,
+    stats: ProducerStats,
 ) -> int:
     """Connect, run, print a summary line; an unreachable Redis exits 1."""
     import redis  # noqa: PLC0415 (see module doc)
@@ -104,6 +144,7 @@ def _run_source(
                 Publisher(client),
                 stop,
                 duration_seconds=duration_seconds,
+                stats=stats,
             )
     except redis.ConnectionError as error:
         return _fail(f"cannot reach Redis: {error}", EXIT_UNAVAILABLE)

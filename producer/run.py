@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 
 from marginwatch.contract import Tick
+from marginwatch.metrics import ProducerMetrics
 from producer.binance import ReconnectPolicy, binance_source
 from producer.pacing import only_symbols
 from producer.publisher import Publisher, PublishOutcome
@@ -38,13 +39,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ProducerStats:
-    """What the producer did: ticks published, rejects by reason, Redis errors."""
+    """What the producer did: ticks published, rejects by reason, Redis errors.
+
+    With ``metrics``, every count also moves the producer's Prometheus metrics.
+    """
 
     published: int = 0
     last_sequence: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
     last_reject_messages: dict[str, str] = field(default_factory=dict)
     publish_errors: int = 0
+    newest_event_time_ms: int = 0
+    metrics: ProducerMetrics | None = None
 
     def summary(self) -> str:
         """One line: ticks published and rejects by reason."""
@@ -55,6 +61,8 @@ class ProducerStats:
         """Count one reject; the first of each reason is logged as a warning."""
         self.rejects[reason] += 1
         self.last_reject_messages[reason] = message
+        if self.metrics is not None:
+            self.metrics.ticks_rejected.labels(reason).inc()
         level = logging.WARNING if self.rejects[reason] == 1 else logging.DEBUG
         logger.log(level, "rejected (%s): %s", reason, message)
 
@@ -63,9 +71,20 @@ class ProducerStats:
         self.published += len(outcome.published)
         if outcome.published:
             self.last_sequence = outcome.published[-1].sequence
+            newest = max(tick.event_time_ms for tick in outcome.published)
+            self.newest_event_time_ms = max(self.newest_event_time_ms, newest)
+            if self.metrics is not None:
+                self.metrics.ticks_accepted.inc(len(outcome.published))
+                self.metrics.last_tick_timestamp.set(self.newest_event_time_ms / 1000)
         for tick in outcome.stale:
             message = f"event_time: older than the tick stored for {tick.symbol} in Redis"
             self.count_reject("stale", message)
+
+    def count_publish_error(self) -> None:
+        """Count a batch dropped because Redis failed."""
+        self.publish_errors += 1
+        if self.metrics is not None:
+            self.metrics.redis_errors.inc()
 
 
 class SourceArgumentError(ValueError):
@@ -132,7 +151,7 @@ class BatchHandler:
         try:
             self.stats.count_published(self.publisher.publish(ticks))
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            self.stats.publish_errors += 1
+            self.stats.count_publish_error()
             logger.warning("dropped %d ticks, Redis failed: %s", len(ticks), error)
             await asyncio.sleep(self.publish_retry_seconds)
 

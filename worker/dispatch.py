@@ -22,15 +22,25 @@ PENDING_TTL_SECONDS = 30
 READ_BLOCK_MS = 1_000
 
 Enqueue = Callable[[int], None]
+OnPending = Callable[[Sequence[int]], None]
 
 
 class Dispatcher:
     """Reads change notices and enqueues evaluations for ``partitions``."""
 
-    def __init__(self, client: redis.Redis, partitions: Sequence[int], enqueue: Enqueue) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        partitions: Sequence[int],
+        enqueue: Enqueue,
+        *,
+        on_pending: OnPending | None = None,
+    ) -> None:
+        """``on_pending`` is told which partitions have their pending flag set (metrics)."""
         self.client = client
         self.partitions = list(partitions)
         self.enqueue = enqueue
+        self.on_pending = on_pending
         self.last_ids: dict[str, str] = {}
         self.enqueued = 0
 
@@ -55,6 +65,8 @@ class Dispatcher:
         for partition in partitions:
             pipe.set(keys.partition_pending(partition), 1, nx=True, ex=PENDING_TTL_SECONDS)
         armed = [p for p, was_set in zip(partitions, pipe.execute(), strict=True) if was_set]
+        if self.on_pending is not None:
+            self.on_pending(armed)  # before they are enqueued: the evaluation clears it
         for partition in armed:
             self.enqueue(partition)
         self.enqueued += len(armed)

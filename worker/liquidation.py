@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +26,7 @@ from redis.client import Pipeline
 
 from marginwatch import keys
 from marginwatch.engine.brackets import BracketTable
-from marginwatch.engine.closeout import Closeout, close_out
+from marginwatch.engine.closeout import ClosedPosition, Closeout, close_out
 from marginwatch.engine.exact import evaluate_account
 from marginwatch.engine.types import Status
 from marginwatch.report import decimal_string
@@ -44,6 +45,20 @@ def liquidation_key(action: Mapping[str, Any]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class LiquidationOutcome:
+    """What a liquidation action did.
+
+    ``result``: ``liquidated``, ``skipped`` or ``duplicate``; ``skip_reason``: ``rescued``,
+    ``gone`` (the pool is no longer open) or ``unavailable`` (no account, or a mark missing);
+    ``closed``: the positions closed.
+    """
+
+    result: str
+    skip_reason: str | None = None
+    closed: tuple[ClosedPosition, ...] = ()
+
+
 def execute_liquidation(
     client: redis.Redis,
     tables: Mapping[str, BracketTable],
@@ -51,14 +66,24 @@ def execute_liquidation(
     action: dict[str, Any],
 ) -> str:
     """Liquidate the pool if the exact path still says so; returns what happened."""
+    return liquidate(client, tables, settings, action).result
+
+
+def liquidate(
+    client: redis.Redis,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+    action: dict[str, Any],
+) -> LiquidationOutcome:
+    """Liquidate the pool if the exact path still says so; the outcome in full."""
     done = liquidation_key(action)
     marks = {symbol: tick.mark_price for symbol, tick in read_ticks(client).items()}
 
     def mutate(
         current: StoredAccount | None, pipe: Pipeline, watched: dict[str, bytes | None]
-    ) -> str:
+    ) -> LiquidationOutcome:
         if watched[done] is not None:
-            return "duplicate"
+            return LiquidationOutcome("duplicate")
         pipe.set(done, now_ms(), ex=DONE_TTL_SECONDS)
         fund_text = watched[keys.INSURANCE_FUND]
         fund = Decimal(fund_text.decode()) if fund_text else Decimal(0)
@@ -77,25 +102,26 @@ def _liquidate_or_skip(
     tables: Mapping[str, BracketTable],
     settings: Settings,
     action: dict[str, Any],
-) -> str:
+) -> LiquidationOutcome:
     if current is None or any(p.symbol not in marks for p in current.account.positions):
-        return _skip(pipe, action, "account or marks unavailable")
+        return _skip(pipe, action, "unavailable", "account or marks unavailable")
     report = evaluate_account(current.account, marks, tables, settings.thresholds, settings.venue)
     found = pool_of(report, action["pool"])
     if found is None or not found[1]:
-        return _skip(pipe, action, "pool no longer open")
+        return _skip(pipe, action, "gone", "pool no longer open")
     pool, members = found
     if pool.status is not Status.LIQUIDATION:
-        return _skip(pipe, action, f"rescued: margin ratio {decimal_string(pool.margin_ratio)}")
+        detail = f"rescued: margin ratio {decimal_string(pool.margin_ratio)}"
+        return _skip(pipe, action, "rescued", detail)
     positions = [member.position for member in members]
     closeout = close_out(current.account, positions, marks, settings.liquidation_fee_rate_for)
     write_account(pipe, closeout.account_after, settings.partitions)
     pipe.set(keys.INSURANCE_FUND, str(fund + closeout.insurance_fund_change))
     _audit(pipe, action, current, decimal_string(pool.margin_ratio), closeout, fund)
-    return "liquidated"
+    return LiquidationOutcome("liquidated", closed=closeout.closed)
 
 
-def _skip(pipe: Pipeline, action: dict[str, Any], reason: str) -> str:
+def _skip(pipe: Pipeline, action: dict[str, Any], code: str, reason: str) -> LiquidationOutcome:
     pipe.xadd(
         keys.LIQUIDATIONS,
         {"kind": "skipped", "account_id": action["account_id"], "pool": action["pool"],
@@ -105,7 +131,7 @@ def _skip(pipe: Pipeline, action: dict[str, Any], reason: str) -> str:
         maxlen=EVENTS_MAXLEN,
         approximate=True,
     )  # fmt: skip
-    return "skipped"
+    return LiquidationOutcome("skipped", skip_reason=code)
 
 
 def _audit(

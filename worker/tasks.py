@@ -9,12 +9,14 @@ from typing import Any
 
 import redis
 from celery import Celery
+from prometheus_client import CollectorRegistry
 
 from marginwatch import keys
 from marginwatch.engine import batch
 from marginwatch.engine.brackets import BracketTable
+from marginwatch.metrics import ExecutorMetrics, WorkerMetrics
 from marginwatch.settings import Settings
-from worker import actions, liquidation, webhooks
+from worker import actions, instrumentation, liquidation, webhooks
 from worker.celery_app import (
     ACTIONS_QUEUE,
     TASK_DELIVER_WEBHOOK,
@@ -26,18 +28,31 @@ from worker.celery_app import (
     partition_queue,
 )
 from worker.evaluation import EvaluationOutcome, evaluate_partition
+from worker.instrumentation import REDIS_ERRORS, counting_redis_errors
 from worker.partition import PartitionBook
 
 log = logging.getLogger("marginwatch.worker")
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# shared=False: a task belongs to its own app only (Celery would add it to every app created
+# later in the process, bound to this runtime).
 RETRY = {"autoretry_for": REDIS_ERRORS, "retry_backoff": True, "retry_backoff_max": 30,
-         "max_retries": 5}  # fmt: skip
+         "max_retries": 5, "shared": False}  # fmt: skip
+
+
+def _unserved_worker_metrics() -> WorkerMetrics:
+    return WorkerMetrics(CollectorRegistry())
+
+
+def _unserved_executor_metrics() -> ExecutorMetrics:
+    return ExecutorMetrics(CollectorRegistry())
 
 
 @dataclass
 class Runtime:
-    """What one worker or executor process holds: settings, Redis, brackets, books."""
+    """What one worker or executor process holds: settings, Redis, brackets, books, metrics.
+
+    The daemon replaces the metrics it serves; the others stay on a private registry.
+    """
 
     settings: Settings
     client: redis.Redis
@@ -45,6 +60,9 @@ class Runtime:
     app: Celery
     books: dict[int, PartitionBook] = field(default_factory=dict)
     brackets: batch.BracketArrays | None = None
+    worker_metrics: WorkerMetrics = field(default_factory=_unserved_worker_metrics)
+    executor_metrics: ExecutorMetrics = field(default_factory=_unserved_executor_metrics)
+    liquidation_map_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
 
     def book(self, partition: int) -> PartitionBook:
         """The partition's book, loaded from Redis on first use."""
@@ -66,18 +84,26 @@ class Runtime:
 
 
 def run_evaluation(runtime: Runtime, partition: int) -> EvaluationOutcome:
-    """Clear the pending flag first (later notices queue one more), then evaluate."""
-    runtime.client.delete(keys.partition_pending(partition))
-    outcome = evaluate_partition(runtime.book(partition), runtime.client, runtime.settings,
-                                 runtime.send_action)  # fmt: skip
+    """Clear the pending flag first (later notices queue one more), evaluate, observe."""
+    metrics, settings = runtime.worker_metrics, runtime.settings
+    with counting_redis_errors(metrics.redis_errors):
+        runtime.client.delete(keys.partition_pending(partition))
+        metrics.set_pending([partition], pending=False)
+        book = runtime.book(partition)
+        outcome = evaluate_partition(book, runtime.client, settings, runtime.send_action)
     log.debug("partition %s: %s", partition, outcome)
+    instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
+    if runtime.liquidation_map_due.due(partition):
+        instrumentation.refresh_liquidation_map(metrics, book, outcome.marks, settings.venue)
     return outcome
 
 
 def run_margin_call(runtime: Runtime, action: dict[str, Any]) -> str:
     """Margin call, then one webhook delivery task per configured URL."""
-    outcome, event = actions.execute_margin_call(runtime.client, runtime.tables,
-                                                 runtime.settings, action)  # fmt: skip
+    with counting_redis_errors(runtime.executor_metrics.redis_errors):
+        outcome, event = actions.execute_margin_call(runtime.client, runtime.tables,
+                                                     runtime.settings, action)  # fmt: skip
+    instrumentation.observe_margin_call(runtime.executor_metrics, action, outcome)
     if event is not None:
         for url in runtime.settings.webhook_urls:
             runtime.app.send_task(TASK_DELIVER_WEBHOOK, args=[url, json.dumps(event)],
@@ -85,8 +111,33 @@ def run_margin_call(runtime: Runtime, action: dict[str, Any]) -> str:
     return outcome
 
 
+def run_resolution(runtime: Runtime, action: dict[str, Any]) -> str:
+    """End a margin-call episode if the exact ratio says so."""
+    with counting_redis_errors(runtime.executor_metrics.redis_errors):
+        outcome = actions.execute_resolution(runtime.client, runtime.tables, runtime.settings,
+                                             action)  # fmt: skip
+    instrumentation.observe_resolution(runtime.executor_metrics, action, outcome)
+    return outcome
+
+
+def run_liquidation(runtime: Runtime, action: dict[str, Any]) -> str:
+    """Liquidate the pool if the exact path still says so."""
+    with counting_redis_errors(runtime.executor_metrics.redis_errors):
+        outcome = liquidation.liquidate(runtime.client, runtime.tables, runtime.settings, action)
+    instrumentation.observe_liquidation(runtime.executor_metrics, action, outcome)
+    return outcome.result
+
+
+def run_webhook(runtime: Runtime, url: str, body: str) -> int:
+    """Deliver one event (a failure raises; the task retries it)."""
+    status = webhooks.deliver(url, body.encode(), runtime.settings.webhook_secret)
+    runtime.executor_metrics.webhook_deliveries.labels("delivered").inc()
+    return status
+
+
 def register_tasks(app: Celery, runtime: Runtime) -> None:
-    """Define the tasks on ``app``, bound to ``runtime``."""
+    """Define the tasks on ``app``, bound to ``runtime``; count their retries and failures."""
+    instrumentation.connect_task_signals(app, lambda: runtime.executor_metrics)
 
     @app.task(name=TASK_EVALUATE_PARTITION, **RETRY)
     def evaluate(partition: int) -> None:
@@ -98,15 +149,14 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
 
     @app.task(name=TASK_MARGIN_CALL_RESOLVED, **RETRY)
     def margin_call_resolved(action: dict[str, Any]) -> str:
-        return actions.execute_resolution(runtime.client, runtime.tables, runtime.settings, action)
+        return run_resolution(runtime, action)
 
     @app.task(name=TASK_LIQUIDATE, **RETRY)
     def liquidate(action: dict[str, Any]) -> str:
-        return liquidation.execute_liquidation(runtime.client, runtime.tables, runtime.settings,
-                                               action)  # fmt: skip
+        return run_liquidation(runtime, action)
 
     @app.task(name=TASK_DELIVER_WEBHOOK, autoretry_for=(webhooks.WebhookDeliveryError,),
-              retry_backoff=True, retry_backoff_max=60,
+              retry_backoff=True, retry_backoff_max=60, shared=False,
               max_retries=runtime.settings.webhook_max_attempts - 1)  # fmt: skip
     def deliver_webhook(url: str, body: str) -> int:
-        return webhooks.deliver(url, body.encode(), runtime.settings.webhook_secret)
+        return run_webhook(runtime, url, body)
