@@ -1,0 +1,348 @@
+"""The Grafana dashboards: generated, stable, on the ``prometheus`` datasource, their PromQL valid
+and answered by series shaped like marginwatch's (``promtool``), and every metric they or the
+alert rules name defined in marginwatch/metrics.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARDS = ROOT / "dashboards"
+GENERATOR = DASHBOARDS / "generate.py"
+METRICS_MODULE = ROOT / "marginwatch" / "metrics.py"
+RULES = ROOT / "deploy" / "prometheus" / "rules" / "marginwatch.yml"
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+UIDS = {
+    "marginwatch-risk.json": "marginwatch-risk",
+    "marginwatch-pipeline.json": "marginwatch-pipeline",
+}
+GRID_WIDTH = 24
+
+# The metrics of the issue: name, type, labels. The dashboards show every one of them.
+ISSUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "marginwatch_ticks_accepted_total": ("counter", ()),
+    "marginwatch_ticks_rejected_total": ("counter", ("reason",)),
+    "marginwatch_producer_last_tick_timestamp_seconds": ("gauge", ()),
+    "marginwatch_redis_errors_total": ("counter", ("component",)),
+    "marginwatch_tick_age_seconds": ("histogram", ("partition",)),
+    "marginwatch_evaluation_duration_seconds": ("histogram", ("partition",)),
+    "marginwatch_evaluations_total": ("counter", ("partition",)),
+    "marginwatch_positions_evaluated_total": ("counter", ("partition",)),
+    "marginwatch_pools": ("gauge", ("partition", "status", "margin_mode")),
+    "marginwatch_cross_margin_ratio": ("gaugehistogram", ("partition",)),
+    "marginwatch_partition_pending_evaluations": ("gauge", ("partition",)),
+    "marginwatch_partition_last_evaluated_tick_sequence": ("gauge", ("partition",)),
+    "marginwatch_stale_symbols": ("gauge", ("partition",)),
+    "marginwatch_liquidation_map_notional_usdt": ("gauge", ("symbol", "band")),
+    "marginwatch_actions_sent_total": ("counter", ("action",)),
+    "marginwatch_margin_calls_total": ("counter", ("margin_mode",)),
+    "marginwatch_margin_call_resolutions_total": ("counter", ("margin_mode",)),
+    "marginwatch_liquidations_total": ("counter", ("margin_mode",)),
+    "marginwatch_liquidations_skipped_total": ("counter", ("reason",)),
+    "marginwatch_liquidated_notional_usdt_total": ("counter", ("symbol",)),
+    "marginwatch_tick_to_action_latency_seconds": ("histogram", ("action",)),
+    "marginwatch_insurance_fund_usdt": ("gauge", ()),
+    "marginwatch_action_failures_total": ("counter", ("action",)),
+    "marginwatch_action_retries_total": ("counter", ("action",)),
+    "marginwatch_webhook_deliveries_total": ("counter", ("result",)),
+    "marginwatch_account_events_total": ("counter", ("outcome",)),
+}
+SERIES_SUFFIXES = {
+    "counter": ("",),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+}
+# Suffixes the client library adds to a family's name in the exposition.
+EXPOSITION_SUFFIXES = ("_total", "_created", "_bucket", "_sum", "_count", "_gsum", "_gcount")
+JOBS = ("marginwatch-producer", "marginwatch-worker", "marginwatch-executor")
+LABEL_VALUES = {
+    "reason": ("jump", "rescued"),
+    "component": ("producer", "worker", "executor"),
+    "partition": ("0", "1"),
+    "status": ("ok", "warning", "margin_call", "liquidation"),
+    "margin_mode": ("cross", "isolated"),
+    "symbol": ("BTCUSDT", "ETHUSDT"),
+    "band": ("0-1%", "1-2%", "2-5%", "5-10%", "10-20%"),
+    "action": ("margin_call", "margin_call_resolved", "liquidate"),
+    "result": ("delivered", "failed", "retried"),
+    "outcome": ("accepted", "rejected", "duplicate"),
+}
+# Grafana's variables, replaced as Grafana would for "All" and a 5-minute rate interval.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "5m",
+    "$__range": "1h",
+    "$partition": ".*",
+    "$symbol": ".*",
+}
+METRIC_NAME = re.compile(r"\b(marginwatch_[a-z0-9_]+)\b")
+METRIC_LITERAL = re.compile(r"""["'](marginwatch_[a-z0-9_]+)["']""")
+
+
+@cache
+def generator() -> ModuleType:
+    """dashboards/generate.py, imported (dashboards/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("dashboards_generate", GENERATOR)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@cache
+def dashboards() -> dict[str, Any]:
+    return {
+        path.name: json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(DASHBOARDS.glob("*.json"))
+    }
+
+
+def panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, rows' nested panels included."""
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def queries(dashboard: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in panels(dashboard) for target in panel.get("targets", [])]
+
+
+def variable_queries(dashboard: dict[str, Any]) -> list[str]:
+    return [variable["definition"] for variable in dashboard["templating"]["list"]]
+
+
+def every_query() -> list[str]:
+    return [expr for dashboard in dashboards().values() for expr in queries(dashboard)]
+
+
+def rule_expressions() -> list[str]:
+    rules = yaml.safe_load(RULES.read_text(encoding="utf-8"))
+    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def substituted(expr: str) -> str:
+    for name, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(name, value)
+    return expr
+
+
+def walk(node: Any) -> Iterator[dict[str, Any]]:
+    """Every JSON object in ``node``."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def issue_series() -> set[str]:
+    """The series names the issue's metrics are exposed as."""
+    return {
+        name + suffix
+        for name, (kind, _labels) in ISSUE_METRICS.items()
+        for suffix in SERIES_SUFFIXES[kind]
+    }
+
+
+@cache
+def defined_metrics() -> frozenset[str]:
+    """Every series name marginwatch/metrics.py can expose, from the names written in it."""
+    if not METRICS_MODULE.exists():
+        pytest.fail("marginwatch/metrics.py does not exist (yet): no metric is defined")
+    families = set(METRIC_LITERAL.findall(METRICS_MODULE.read_text(encoding="utf-8")))
+    exposed = set(families)
+    for family in families:
+        base = family.removesuffix("_total")
+        exposed.update(base + suffix for suffix in EXPOSITION_SUFFIXES)
+    return frozenset(exposed)
+
+
+def test_generator_writes_the_committed_dashboards() -> None:
+    """dashboards/*.json are what dashboards/generate.py writes, and nothing else."""
+    rendered = generator().render()
+    assert rendered == generator().render(), "the generator is not deterministic"
+    assert set(rendered) == set(dashboards()), "a dashboard JSON without generator, or missing"
+    for name, text in rendered.items():
+        committed = (DASHBOARDS / name).read_text(encoding="utf-8")
+        assert committed == text, f"{name} is out of date: run dashboards/generate.py"
+
+
+def test_uids_are_stable_and_unique() -> None:
+    """Each file has its own fixed uid, title and the marginwatch tag."""
+    assert {name: board["uid"] for name, board in dashboards().items()} == UIDS
+    titles = [board["title"] for board in dashboards().values()]
+    assert len(set(titles)) == len(titles)
+    assert all("marginwatch" in board["tags"] for board in dashboards().values())
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_every_datasource_is_prometheus_by_uid(name: str) -> None:
+    """Each panel, target and variable names the datasource by uid ``prometheus``, no other."""
+    board = dashboards()[name]
+    found = [node["datasource"] for node in walk(board) if "datasource" in node]
+    assert found, "no datasource at all"
+    assert all(datasource == DATASOURCE for datasource in found)
+    for panel in panels(board):
+        if panel["type"] == "row":
+            continue
+        assert panel.get("datasource") == DATASOURCE, panel["title"]
+        assert panel["targets"], panel["title"]
+        assert all(target.get("datasource") == DATASOURCE for target in panel["targets"])
+    assert all(variable["datasource"] == DATASOURCE for variable in board["templating"]["list"])
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_panels_have_unique_ids_and_tile_the_grid(name: str) -> None:
+    """Panel ids are unique; panels fit 24 columns and do not overlap; each has a title."""
+    board = dashboards()[name]
+    ids = [panel["id"] for panel in panels(board)]
+    assert len(set(ids)) == len(ids)
+    cells: set[tuple[int, int]] = set()
+    for panel in panels(board):
+        assert panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0, panel["title"]
+        assert grid["x"] + grid["w"] <= GRID_WIDTH, panel["title"]
+        covered = set(
+            itertools.product(
+                range(grid["x"], grid["x"] + grid["w"]), range(grid["y"], grid["y"] + grid["h"])
+            )
+        )
+        assert not covered & cells, f"{panel['title']} overlaps another panel"
+        cells |= covered
+
+
+def test_every_metric_in_dashboards_and_rules_is_defined() -> None:
+    """Each marginwatch_* name in a panel, a variable or an alert rule exists in metrics.py."""
+    sources = [*every_query(), *rule_expressions()]
+    sources += [query for board in dashboards().values() for query in variable_queries(board)]
+    used = {name for source in sources for name in METRIC_NAME.findall(source)}
+    assert used, "no metric found"
+    assert sorted(used - defined_metrics()) == []
+
+
+def test_every_issue_metric_is_defined() -> None:
+    """metrics.py defines every metric of the issue, under the issue's name."""
+    assert sorted(issue_series() - defined_metrics()) == []
+
+
+def test_dashboards_show_every_issue_metric_and_no_other() -> None:
+    """Each metric of the issue (and ``up``) appears in some panel's query; nothing else does."""
+    used = {name for expr in every_query() for name in METRIC_NAME.findall(expr)}
+    assert sorted(used - issue_series()) == []
+    missing = [
+        name
+        for name, (kind, _labels) in ISSUE_METRICS.items()
+        if not any(name + suffix in used for suffix in SERIES_SUFFIXES[kind])
+    ]
+    assert missing == []
+    for job in JOBS:
+        assert any(re.search(rf'\bup\{{job=~?"[^"]*{job}', expr) for expr in every_query()), job
+
+
+def test_every_panel_is_documented() -> None:
+    """docs/operations.md describes every panel by its title."""
+    text = OPERATIONS.read_text(encoding="utf-8")
+    titles = {panel["title"] for board in dashboards().values() for panel in panels(board)}
+    assert sorted(title for title in titles if title not in text) == []
+
+
+def synthetic_series() -> list[dict[str, str]]:
+    """Series shaped like marginwatch's exposition: every metric, every label combination."""
+    series = [
+        {"series": f'up{{job="{job}", instance="{job}:9100"}}', "values": "1x40"} for job in JOBS
+    ]
+    for name, (kind, labels) in ISSUE_METRICS.items():
+        for values in itertools.product(*(LABEL_VALUES[label] for label in labels)):
+            matchers = [f'{label}="{value}"' for label, value in zip(labels, values, strict=True)]
+            series += _family_series(name, kind, matchers)
+    return series
+
+
+def _family_series(name: str, kind: str, matchers: list[str]) -> list[dict[str, str]]:
+    def one(suffix: str, values: str, *extra: str) -> dict[str, str]:
+        return {"series": f"{name}{suffix}{{{', '.join([*matchers, *extra])}}}", "values": values}
+
+    if kind == "counter":
+        return [one("", "0+10x40")]
+    if kind == "gauge":
+        return [one("", "0+60x40" if name.endswith("_timestamp_seconds") else "5x40")]
+    if kind == "histogram":  # counters, cumulative over buckets
+        buckets = {"0.5": "0+1x40", "1": "0+2x40", "+Inf": "0+3x40"}
+        totals = [one("_sum", "0+1x40"), one("_count", "0+3x40")]
+    else:  # a gauge histogram: the current distribution
+        buckets = {"0.5": "1x40", "1": "2x40", "+Inf": "3x40"}
+        totals = [one("_gsum", "2x40"), one("_gcount", "3x40")]
+    return [*(one("_bucket", values, f'le="{le}"') for le, values in buckets.items()), *totals]
+
+
+def test_every_query_is_valid_promql_with_data(tmp_path: Path) -> None:
+    """promtool parses every panel query and finds series for it in marginwatch-shaped data."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: install it (apt-get install -y prometheus)")
+    exprs = sorted({substituted(expr) for expr in every_query()})
+    exprs += sorted(
+        {
+            re.sub(r"label_values\((\w+), (\w+)\)", r'\1{\2!=""}', query)
+            for board in dashboards().values()
+            for query in variable_queries(board)
+        }
+    )
+    rules = {
+        "groups": [
+            {
+                "name": "dashboards",
+                "rules": [
+                    {"record": f"dashboard:query{n}", "expr": expr} for n, expr in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    tests = {
+        "rule_files": ["dashboards.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": synthetic_series(),
+                "promql_expr_test": [
+                    {
+                        "expr": f"count({expr}) > bool 0",
+                        "eval_time": "30m",
+                        "exp_samples": [{"labels": "{}", "value": 1}],
+                    }
+                    for expr in exprs
+                ],
+            }
+        ],
+    }
+    (tmp_path / "dashboards.yml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+    (tmp_path / "dashboards_test.yml").write_text(yaml.safe_dump(tests), encoding="utf-8")
+    for command in (
+        [promtool, "check", "rules", str(tmp_path / "dashboards.yml")],
+        [promtool, "test", "rules", str(tmp_path / "dashboards_test.yml")],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
