@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import redis
@@ -14,6 +15,7 @@ from marginwatch import keys
 from marginwatch.redis_server import RedisServer
 from marginwatch.settings import Settings
 from worker.celery_app import make_celery
+from worker.daemons import supervised
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "snapshot.json"
 
@@ -93,3 +95,18 @@ def test_celery_is_configured_for_money() -> None:
     assert conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+
+
+def test_helper_thread_restarts_after_a_redis_error() -> None:
+    """The dispatcher or applier thread comes back after losing Redis, until stopped."""
+    stop = threading.Event()
+    calls: list[int] = []
+
+    def flaky(stop_event: threading.Event) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise redis.ConnectionError("lost")
+        stop_event.set()
+
+    supervised(flaky, stop)
+    assert len(calls) == 3

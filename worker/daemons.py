@@ -110,9 +110,26 @@ def _run_celery(runtime: Runtime, queues: Sequence[str], name: str, loglevel: st
     )  # fmt: skip
 
 
+HELPER_RESTART_MAX_SECONDS = 30.0
+
+
+def supervised(target: Callable[[threading.Event], None], stop: threading.Event) -> None:
+    """Run ``target`` until ``stop``; a Redis error restarts it after a backoff (0.5 s doubling
+    to 30 s), so the helper thread never dies while the Celery worker carries on without it."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            target(stop)
+            return
+        except redis.RedisError:
+            log.exception("helper thread lost Redis; restarting in %.1f s", delay)
+            stop.wait(delay)
+            delay = min(delay * 2, HELPER_RESTART_MAX_SECONDS)
+
+
 def _with_thread(target: Callable[[threading.Event], None], body: Callable[[], None]) -> None:
     stop = threading.Event()
-    thread = threading.Thread(target=target, args=(stop,), daemon=True)
+    thread = threading.Thread(target=supervised, args=(target, stop), daemon=True)
     thread.start()
     try:
         body()
