@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TextIO
 
 from marginwatch.engine.brackets import BracketTableError, load_bracket_file
@@ -15,6 +15,7 @@ from marginwatch.engine.types import Thresholds, Venue
 from marginwatch.report import ReportModel, render_report
 from marginwatch.snapshot import SnapshotError, SnapshotModel, parse_snapshot
 from producer.cli import add_arguments as add_producer_arguments
+from producer.cli import positive_decimal
 
 EXIT_INVALID_INPUT = 2
 
@@ -23,24 +24,14 @@ class InputError(Exception):
     """Invalid user input: reported as one line on stderr with exit status 2."""
 
 
-def _ratio(text: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value.is_finite() or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marginwatch", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     evaluate = commands.add_parser("evaluate", help="evaluate a snapshot, print a JSON report")
     evaluate.add_argument("snapshot", help="snapshot JSON file, or - for stdin")
     evaluate.add_argument("--venue", choices=[venue.value for venue in Venue])
-    evaluate.add_argument("--warning-ratio", type=_ratio, default=Decimal("0.7"))
-    evaluate.add_argument("--margin-call-ratio", type=_ratio, default=Decimal("0.8"))
+    evaluate.add_argument("--warning-ratio", type=positive_decimal, default=Decimal("0.7"))
+    evaluate.add_argument("--margin-call-ratio", type=positive_decimal, default=Decimal("0.8"))
     evaluate.add_argument("--brackets", help="leverageBracket JSON file replacing the defaults")
     schema = commands.add_parser("schema", help="print the JSON Schema of a document")
     schema.add_argument("document", choices=["snapshot", "report"])
