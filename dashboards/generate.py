@@ -471,7 +471,12 @@ def risk_overview() -> Json:
         "Notional closed out by liquidations over the dashboard's time range (USDT).",
         (4, 5),
         "currencyUSD",
-        [now("sum(increase(marginwatch_liquidated_notional_usdt_total[$__range]))", "liquidated")],
+        [
+            now(
+                "sum(increase(marginwatch_liquidated_notional_usdt_total[$__range])) or vector(0)",
+                "liquidated",
+            )
+        ],
         thresholds((None, "text")),
     )
 

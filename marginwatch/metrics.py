@@ -91,12 +91,14 @@ def _redis_errors(registry: CollectorRegistry, component: str) -> Counter:
 class ProducerMetrics:
     """The producer's metrics, created on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, reject_reasons: Sequence[str] = ()) -> None:
+        """``reject_reasons``: the producer's reason codes, exported at zero from the start so
+        that ``rate()`` sees a reason's first reject."""
         self.ticks_accepted = Counter(
             TICKS_ACCEPTED, "Ticks validated and published to Redis", registry=registry
         )
-        self.ticks_rejected = Counter(
-            TICKS_REJECTED, "Ticks rejected, by reason code", ["reason"], registry=registry
+        self.ticks_rejected = _counter(
+            registry, TICKS_REJECTED, "Ticks rejected, by reason code", "reason", reject_reasons
         )
         self.last_tick_timestamp = Gauge(
             PRODUCER_LAST_TICK_TIMESTAMP,

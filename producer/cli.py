@@ -92,9 +92,10 @@ def _metrics_served(port: int | None) -> Iterator[ProducerStats]:
 
     from marginwatch.metrics import ProducerMetrics, metrics_url, serve_metrics  # noqa: PLC0415
     from producer.run import ProducerStats  # noqa: PLC0415
+    from producer.validation import REJECT_REASONS  # noqa: PLC0415
 
     registry = CollectorRegistry()
-    stats = ProducerStats(metrics=ProducerMetrics(registry))
+    stats = ProducerStats(metrics=ProducerMetrics(registry, REJECT_REASONS))
     try:
         server = serve_metrics(registry, port)
     except OSError as error:

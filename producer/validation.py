@@ -20,6 +20,14 @@ from producer.ticks import RawTick, wall_clock_ms
 DEFAULT_MAX_FUTURE_MS = 300_000
 
 
+# Every reason code a tick can be rejected for (validation here; "malformed" from the sources;
+# "stale" from the publisher's atomic check), so metrics can export each from the start.
+REJECT_REASONS = (
+    "malformed", "bad_symbol", "unknown_symbol", "bad_mark_price", "not_finite", "not_positive",
+    "bad_event_time", "future_event_time", "older_event_time", "jump", "stale",
+)  # fmt: skip
+
+
 class TickValidationError(ValueError):
     """A tick that failed validation; ``reason`` is a short code for counting rejects."""
 
