@@ -538,7 +538,7 @@ def test_prometheus_scrapes_every_daemon() -> None:
     targets = scrape_targets()
     assert targets["marginwatch-producer"] == {"producer:9100"}
     assert targets["marginwatch-worker"] == {"worker-a:9100", "worker-b:9100"}
-    assert targets["marginwatch-executor"] == {"executor:9100"}
+    assert targets["marginwatch-executor"] == {"executor:9100", "executor-webhooks:9100"}
     scraped = {target for job, found in targets.items() if job.startswith("marginwatch-")
                for target in found}  # fmt: skip
     assert scraped == {f"{name}:{METRICS_PORT}" for name in marginwatch_daemons()}
