@@ -107,7 +107,7 @@ class BatchResult:
     status: npt.NDArray[np.int8]
     uncertain: BoolArray
     liquidation_price: FloatArray
-    mark_tier: npt.NDArray[np.uint8]  # per row: its tier at the mark
+    mark_tier: npt.NDArray[np.uint8]  # per row: its tier at the mark (the next call's first guess)
     price_tier_hint: npt.NDArray[np.uint8]  # per row: its tier at the last liquidation price
 
     @classmethod

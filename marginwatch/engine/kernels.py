@@ -60,10 +60,11 @@ def evaluate_pools(
 ) -> None:
     """Per pool: ``Σ UPNL``, ``Σ MM``, ``MR = Σ MM / (wallet + Σ UPNL)`` and its status.
 
-    ``out_tier`` receives each row's tier at its mark. A pool is *uncertain* when float
-    rounding could flip a threshold comparison, ``|MM − threshold × MB| <= band × gross``,
-    where ``gross`` bounds the magnitude of every term summed
-    (``|wallet| + Σ (|Q|·MP + |Q|·EP + MM)``). The exact path decides those.
+    ``out_tier`` holds each row's tier at its last mark: it is checked first (two comparisons,
+    almost always still right) and updated by the branch-free search when the notional left it.
+    A pool is *uncertain* when float rounding could flip a threshold comparison,
+    ``|MM − threshold × MB| <= band × gross``, where ``gross`` bounds the magnitude of every
+    term summed (``|wallet| + Σ (|Q|·MP + |Q|·EP + MM)``). The exact path decides those.
     """
     for pool in range(pool_wallet.shape[0]):
         upnl = 0.0
@@ -74,8 +75,10 @@ def evaluate_pools(
             mark = marks[sym]
             size = abs(quantity[row])
             notional = size * mark
-            tier = _tier(floors, sym, notional)
-            out_tier[row] = tier
+            tier = out_tier[row]  # the row's tier last time: it rarely changes between ticks
+            if not _holds(floors, sym, tier, notional):
+                tier = _tier(floors, sym, notional)
+                out_tier[row] = tier
             margin = notional * rate[sym, tier] - amount[sym, tier]
             maintenance += margin
             upnl += quantity[row] * (mark - entry_price[row])
