@@ -33,7 +33,7 @@ from marginwatch.settings import Settings
 from marginwatch.state.accounts import read_account, store_accounts
 from marginwatch.state.applier import apply_pending
 from marginwatch.status import account_report
-from worker.celery_app import ACTIONS_QUEUE
+from worker.celery_app import ACTIONS_QUEUE, MARGIN_CALLS_QUEUE
 
 D = Decimal
 CROSS, ISOLATED = MarginMode.CROSS, MarginMode.ISOLATED
@@ -236,8 +236,8 @@ def test_crash_takes_chosen_accounts_through_margin_call_to_liquidation(pipeline
 
     pipeline.stop("executor")
     wait_for(lambda: pipeline.evaluated(pipeline.replay(STAGES[3])), "stage 3 evaluated")
-    queued = client.llen(ACTIONS_QUEUE)
-    assert queued >= 6  # D's margin call; liquidations of A, B, C, D, E
+    assert client.llen(MARGIN_CALLS_QUEUE) >= 1  # D's margin call
+    assert client.llen(ACTIONS_QUEUE) >= 5  # liquidations of A, B, C, D, E
     deposit = {"type": "deposit", "account_id": "E", "amount": "10000", "event_id": "dep-1"}
     client.xadd(keys.ACCOUNT_EVENTS, {"event": json.dumps(deposit)})
     applied = apply_pending(client, dict(default_tables()), PARTITIONS, "test", 10, None)

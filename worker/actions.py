@@ -19,14 +19,15 @@ from decimal import Decimal
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from marginwatch import keys
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.exact import AccountReport, PoolReport, PositionReport, evaluate_account
 from marginwatch.report import decimal_string
 from marginwatch.settings import Settings
-from marginwatch.state.accounts import StoredAccount, read_account
-from worker.evaluation import read_ticks
+from marginwatch.state.accounts import StoredAccount, read_account, read_accounts
+from worker.evaluation import read_ticks_of
 from worker.partition import CROSS_POOL, isolated_pool
 
 EVENTS_MAXLEN = 1_000_000
@@ -44,7 +45,8 @@ def evaluate_stored(
     settings: Settings,
 ) -> AccountReport | None:
     """The account's exact report at the newest marks (``None`` if a mark is missing)."""
-    marks = {symbol: tick.mark_price for symbol, tick in read_ticks(client).items()}
+    symbols = [position.symbol for position in stored.account.positions]
+    marks = {symbol: tick.mark_price for symbol, tick in read_ticks_of(client, symbols).items()}
     if any(position.symbol not in marks for position in stored.account.positions):
         return None
     return evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue)
@@ -111,6 +113,63 @@ def execute_margin_call(
     return "sent", event
 
 
+def execute_margin_calls(
+    client: redis.Redis,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+    batch: list[dict[str, Any]],
+) -> list[tuple[str, dict[str, Any] | None]]:
+    """``execute_margin_call`` for every action of ``batch``, in four round trips whatever its
+    size: the accounts (pipelined), their marks (one HMGET), the episode keys (pipelined SET NX)
+    and the events (pipelined XADD). Returns each action's outcome and event, in order."""
+    accounts = read_accounts(client, sorted({action["account_id"] for action in batch}))
+    symbols = {p.symbol for stored in accounts.values() for p in stored.account.positions}
+    marks = {s: tick.mark_price for s, tick in read_ticks_of(client, symbols).items()}
+    found = [_pool_at(accounts.get(a["account_id"]), a["pool"], marks, tables, settings)
+             for a in batch]  # fmt: skip
+    results: list[tuple[str, dict[str, Any] | None]] = [
+        ("gone", None) if f is None else ("not_confirmed", None) for f in found
+    ]
+    due = [i for i, f in enumerate(found) if f is not None and _calls(f[1], settings)]
+    pipe = client.pipeline(transaction=False)
+    for i in due:
+        episode = keys.episode(batch[i]["account_id"], batch[i]["pool"])
+        pipe.set(episode, batch[i]["tick_sequence"], nx=True, ex=EPISODE_TTL_SECONDS)
+    fresh = [i for i, was_set in zip(due, pipe.execute(), strict=True) if was_set]
+    for i in due:
+        results[i] = ("duplicate", None)  # unless its episode key was just set (below)
+    pipe = client.pipeline(transaction=False)
+    for i in fresh:
+        report, pool, members = found[i]  # type: ignore[misc]
+        emitted = now_ms()
+        event = margin_call_event(report, batch[i]["pool"], members, emitted)
+        _record(pipe, "margin_call", batch[i], pool, event, emitted)
+        results[i] = ("sent", event)
+    pipe.execute()
+    return results
+
+
+def _calls(pool: PoolReport, settings: Settings) -> bool:
+    """Whether the pool's exact ratio still calls for a margin call."""
+    return pool.margin_ratio is None or pool.margin_ratio >= settings.margin_call_ratio
+
+
+def _pool_at(
+    stored: StoredAccount | None,
+    pool: str,
+    marks: Mapping[str, Decimal],
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+) -> tuple[AccountReport, PoolReport, list[PositionReport]] | None:
+    """The pool's exact figures at ``marks``; ``None`` if the account, a mark or the pool is
+    missing."""
+    if stored is None or any(p.symbol not in marks for p in stored.account.positions):
+        return None
+    report = evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue)
+    found = pool_of(report, pool)
+    return None if found is None else (report, found[0], found[1])
+
+
 def execute_resolution(
     client: redis.Redis,
     tables: Mapping[str, BracketTable],
@@ -147,7 +206,7 @@ def _current_pool(
 
 
 def _record(
-    client: redis.Redis,
+    client: redis.Redis | Pipeline,
     kind: str,
     action: dict[str, Any],
     pool: PoolReport | None,

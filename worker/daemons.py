@@ -25,7 +25,14 @@ from marginwatch.metrics import ExecutorMetrics, WorkerMetrics, metrics_url, ser
 from marginwatch.settings import Settings
 from marginwatch.state.accounts import ensure_partition_count
 from marginwatch.state.applier import AppliedCounts, run_applier
-from worker.celery_app import ACTIONS_QUEUE, WEBHOOKS_QUEUE, make_celery, partition_queue
+from worker.celery_app import (
+    ACTIONS_QUEUE,
+    MARGIN_CALLS_QUEUE,
+    WEBHOOKS_QUEUE,
+    consume_in_listed_order,
+    make_celery,
+    partition_queue,
+)
 from worker.dispatch import Dispatcher
 from worker.instrumentation import counting_redis_errors, insurance_fund_reader, observe_applied
 from worker.tasks import Runtime, register_tasks
@@ -162,7 +169,8 @@ def run_worker(settings: Settings, partition_spec: str, loglevel: str = "INFO") 
         _with_thread(dispatch, lambda: _run_celery(runtime, queues, name, loglevel))
 
 
-EXECUTOR_QUEUES = {"actions": ACTIONS_QUEUE, "webhooks": WEBHOOKS_QUEUE}
+# "actions": margin calls first, then liquidations (consumed in this order).
+EXECUTOR_QUEUES = {"actions": (MARGIN_CALLS_QUEUE, ACTIONS_QUEUE), "webhooks": (WEBHOOKS_QUEUE,)}
 
 
 def parse_queues(spec: str) -> list[str]:
@@ -171,7 +179,7 @@ def parse_queues(spec: str) -> list[str]:
     unknown = sorted(set(names) - set(EXECUTOR_QUEUES))
     if unknown or not names:
         raise ConfigurationError(f"--queues: expected actions and/or webhooks, got {spec!r}")
-    return [EXECUTOR_QUEUES[name] for name in names]
+    return [queue for name in names for queue in EXECUTOR_QUEUES[name]]
 
 
 def _executor_metrics(
@@ -193,11 +201,12 @@ def _executor_metrics(
 
 def run_executor(
     settings: Settings,
-    queues: Sequence[str] = (ACTIONS_QUEUE, WEBHOOKS_QUEUE),
+    queues: Sequence[str] = (MARGIN_CALLS_QUEUE, ACTIONS_QUEUE, WEBHOOKS_QUEUE),
     loglevel: str = "INFO",
 ) -> None:
     """Execute actions until stopped; with the actions queue, also apply account events."""
     runtime = _runtime(settings, loglevel)
+    consume_in_listed_order(runtime.app)
     registry = CollectorRegistry()
     runtime.executor_metrics = metrics = _executor_metrics(settings, queues, registry)
     consumer = f"executor-{socket.gethostname()}"

@@ -10,7 +10,7 @@ reaches ``liquidation`` (once per account version).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -32,6 +32,7 @@ from worker.partition import CROSS_POOL, PartitionBook, isolated_pool
 MARGIN_CALL_CODE = Status.MARGIN_CALL.severity
 LIQUIDATION_CODE = Status.LIQUIDATION.severity
 RISKIEST_KEPT = 20
+RISKIEST_INTERVAL_SECONDS = 1.0
 NO_RATIO_SCORE = 1e9  # margin balance <= 0: riskier than any ratio
 
 SendAction = Callable[[str, dict[str, Any]], None]
@@ -60,12 +61,21 @@ def read_ticks(client: redis.Redis) -> dict[str, Tick]:
     return ticks_from_prices_hash(fields)
 
 
+def read_ticks_of(client: redis.Redis, symbols: Iterable[str]) -> dict[str, Tick]:
+    """The newest tick of each of ``symbols`` that has one (one HMGET, only these parsed)."""
+    wanted = sorted(set(symbols))
+    if not wanted:
+        return {}
+    values: list[bytes | None] = client.hmget(keys.PRICES, wanted)  # type: ignore[assignment]
+    return {s: Tick.from_json(v) for s, v in zip(wanted, values, strict=True) if v is not None}
+
+
 def evaluate_partition(
     book: PartitionBook, client: redis.Redis, settings: Settings, send: SendAction
 ) -> EvaluationOutcome:
     """Refresh the partition, screen it, confirm candidates, send the due actions."""
     started, started_at = time.perf_counter(), time.time()
-    ticks = read_ticks(client)
+    ticks = book.ticks.read(client)
     refreshed = book.refresh(client)
     marks = book.brackets.marks_array({s: tick.mark_price for s, tick in ticks.items()})
     outcome = EvaluationOutcome(
@@ -187,10 +197,14 @@ def action_payload(
 
 
 def write_progress(client: redis.Redis, book: PartitionBook, newest_tick: Tick | None) -> None:
-    """The partition's riskiest pools (for ``status`` and the demo view), and the newest tick
-    sequence this evaluation read, in one transaction (actions are already sent)."""
+    """The newest tick sequence this evaluation read and, at most once per
+    ``RISKIEST_INTERVAL_SECONDS``, the partition's riskiest pools (for ``status`` and the demo
+    view), in one transaction (actions are already sent)."""
     pipe = client.pipeline(transaction=True)
-    write_riskiest(pipe, book)
+    now = time.monotonic()
+    if now - book.riskiest_written_at >= RISKIEST_INTERVAL_SECONDS:
+        book.riskiest_written_at = now
+        write_riskiest(pipe, book)
     pipe.set(keys.partition_evaluated(book.partition), newest_tick.sequence if newest_tick else 0)
     pipe.execute()
 

@@ -82,10 +82,17 @@ def observe_evaluation(
         age = age_seconds(outcome.started_at, newest.event_time_ms)
         metrics.tick_age.labels(label).observe(age)
     metrics.last_sequence.labels(label).set(newest.sequence if newest else 0)
-    stale = stale_symbols(book, outcome.ticks, outcome.started_at, stale_after)
-    metrics.stale_symbols.labels(label).set(len(stale))
     for task, count in outcome.sent.items():
         metrics.actions_sent.labels(ACTION_OF_TASK.get(task, task)).inc(count)
+
+
+def observe_book_gauges(
+    metrics: WorkerMetrics, book: PartitionBook, outcome: EvaluationOutcome, stale_after: float
+) -> None:
+    """Gauges of the whole book (stale symbols, pools by status, ratio distribution): array
+    passes over every pool, so the caller throttles them (Prometheus scrapes every few s)."""
+    stale = stale_symbols(book, outcome.ticks, outcome.started_at, stale_after)
+    metrics.stale_symbols.labels(str(book.partition)).set(len(stale))
     observe_book(metrics, book)
 
 

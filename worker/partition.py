@@ -12,6 +12,7 @@ confirmed status, margin-call episode) follows its pool across layouts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ import numpy.typing as npt
 import redis
 
 from marginwatch import keys
+from marginwatch.contract import Tick
 from marginwatch.engine import batch
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.types import Account, Position, PositionSide
@@ -36,6 +38,21 @@ UNKNOWN_STATUS = -1
 SIDES = (PositionSide.BOTH, PositionSide.LONG, PositionSide.SHORT)
 
 PoolKey = tuple[str, str]  # (account id, pool name)
+
+
+class TickCache:
+    """The newest ticks, parsed by their stored JSON (which holds the sequence): between two
+    reads only the symbols that ticked are parsed again."""
+
+    def __init__(self) -> None:
+        self.parsed: dict[bytes, Tick] = {}
+
+    def read(self, client: redis.Redis) -> dict[str, Tick]:
+        """The newest tick of every symbol (one ``HGETALL``)."""
+        fields: Mapping[bytes, bytes] = client.hgetall(keys.PRICES)  # type: ignore[assignment]
+        old = self.parsed
+        self.parsed = {raw: old.get(raw) or Tick.from_json(raw) for raw in fields.values()}
+        return {symbol.decode(): self.parsed[raw] for symbol, raw in fields.items()}
 
 
 def isolated_pool(position: Position) -> str:
@@ -61,6 +78,8 @@ class PartitionBook:
     pool_codes: npt.NDArray[np.int64] = field(init=False)
     confirmed_status: npt.NDArray[np.int8] = field(init=False)
     in_episode: npt.NDArray[np.bool_] = field(init=False)
+    riskiest_written_at: float = field(default=-math.inf, init=False)  # monotonic seconds
+    ticks: TickCache = field(default_factory=TickCache, init=False)
 
     def __post_init__(self) -> None:
         self.columns, self.row_code = _rows([], self.brackets)

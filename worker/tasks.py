@@ -18,14 +18,15 @@ from marginwatch.metrics import ExecutorMetrics, WorkerMetrics
 from marginwatch.settings import Settings
 from worker import actions, instrumentation, liquidation, webhooks
 from worker.celery_app import (
-    ACTIONS_QUEUE,
     TASK_DELIVER_WEBHOOK,
     TASK_EVALUATE_PARTITION,
     TASK_LIQUIDATE,
     TASK_MARGIN_CALL,
     TASK_MARGIN_CALL_RESOLVED,
+    TASK_MARGIN_CALLS,
     WEBHOOKS_QUEUE,
     partition_queue,
+    queue_of,
 )
 from worker.evaluation import EvaluationOutcome, evaluate_partition
 from worker.instrumentation import REDIS_ERRORS, counting_redis_errors
@@ -63,6 +64,7 @@ class Runtime:
     worker_metrics: WorkerMetrics = field(default_factory=_unserved_worker_metrics)
     executor_metrics: ExecutorMetrics = field(default_factory=_unserved_executor_metrics)
     liquidation_map_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
+    book_gauges_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
 
     def book(self, partition: int) -> PartitionBook:
         """The partition's book, loaded from Redis on first use."""
@@ -74,8 +76,8 @@ class Runtime:
             self.books[partition] = book
         return self.books[partition]
 
-    def send_action(self, task: str, payload: dict[str, Any]) -> None:
-        self.app.send_task(task, args=[payload], queue=ACTIONS_QUEUE)
+    def send_action(self, task: str, payload: dict[str, Any] | list[dict[str, Any]]) -> None:
+        self.app.send_task(task, args=[payload], queue=queue_of(task))
 
     def enqueue_evaluation(self, partition: int) -> None:
         self.app.send_task(
@@ -83,16 +85,43 @@ class Runtime:
         )
 
 
+@dataclass
+class ActionBatch:
+    """The actions one evaluation found, sent when it ends: every margin call in one task
+    first, then each resolution and liquidation (the executor drains margin calls first, so
+    a pool's margin call still precedes its liquidation)."""
+
+    runtime: Runtime
+    margin_calls: list[dict[str, Any]] = field(default_factory=list)
+    others: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def add(self, task: str, payload: dict[str, Any]) -> None:
+        if task == TASK_MARGIN_CALL:
+            self.margin_calls.append(payload)
+        else:
+            self.others.append((task, payload))
+
+    def send(self) -> None:
+        if self.margin_calls:
+            self.runtime.send_action(TASK_MARGIN_CALLS, self.margin_calls)
+        for task, payload in self.others:
+            self.runtime.send_action(task, payload)
+
+
 def run_evaluation(runtime: Runtime, partition: int) -> EvaluationOutcome:
     """Clear the pending flag first (later notices queue one more), evaluate, observe."""
     metrics, settings = runtime.worker_metrics, runtime.settings
+    actions_found = ActionBatch(runtime)
     with counting_redis_errors(metrics.redis_errors):
         runtime.client.delete(keys.partition_pending(partition))
         metrics.set_pending([partition], pending=False)
         book = runtime.book(partition)
-        outcome = evaluate_partition(book, runtime.client, settings, runtime.send_action)
+        outcome = evaluate_partition(book, runtime.client, settings, actions_found.add)
+        actions_found.send()
     log.debug("partition %s: %s", partition, outcome)
     instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
+    if runtime.book_gauges_due.due(partition):
+        instrumentation.observe_book_gauges(metrics, book, outcome, settings.stale_after_seconds)
     if runtime.liquidation_map_due.due(partition):
         instrumentation.refresh_liquidation_map(metrics, book, outcome.marks, settings.venue)
     return outcome
@@ -109,6 +138,19 @@ def run_margin_call(runtime: Runtime, action: dict[str, Any]) -> str:
             runtime.app.send_task(TASK_DELIVER_WEBHOOK, args=[url, json.dumps(event)],
                                   queue=WEBHOOKS_QUEUE)  # fmt: skip
     return outcome
+
+
+def run_margin_calls(runtime: Runtime, batch: list[dict[str, Any]]) -> list[str]:
+    """Margin calls of one evaluation, then one webhook delivery task per event and URL."""
+    with counting_redis_errors(runtime.executor_metrics.redis_errors):
+        results = actions.execute_margin_calls(runtime.client, runtime.tables, runtime.settings,
+                                               batch)  # fmt: skip
+    for action, (outcome, event) in zip(batch, results, strict=True):
+        instrumentation.observe_margin_call(runtime.executor_metrics, action, outcome)
+        for url in runtime.settings.webhook_urls if event is not None else ():
+            runtime.app.send_task(TASK_DELIVER_WEBHOOK, args=[url, json.dumps(event)],
+                                  queue=WEBHOOKS_QUEUE)  # fmt: skip
+    return [outcome for outcome, _event in results]
 
 
 def run_resolution(runtime: Runtime, action: dict[str, Any]) -> str:
@@ -146,6 +188,10 @@ def register_tasks(app: Celery, runtime: Runtime) -> None:
     @app.task(name=TASK_MARGIN_CALL, **RETRY)
     def margin_call(action: dict[str, Any]) -> str:
         return run_margin_call(runtime, action)
+
+    @app.task(name=TASK_MARGIN_CALLS, **RETRY)
+    def margin_calls(batch: list[dict[str, Any]]) -> list[str]:
+        return run_margin_calls(runtime, batch)
 
     @app.task(name=TASK_MARGIN_CALL_RESOLVED, **RETRY)
     def margin_call_resolved(action: dict[str, Any]) -> str:
