@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -45,6 +45,7 @@ from producer.publisher import Publisher
 from producer.replay import replay_source
 from producer.run import ProducerStats, run_producer
 from producer.validation import TickValidator
+from tests.polling import wait_for
 from worker.celery_app import TASK_DELIVER_WEBHOOK, TASK_LIQUIDATE, make_celery
 from worker.instrumentation import insurance_fund_reader, observe_applied
 from worker.tasks import (
@@ -472,16 +473,6 @@ def scraped(port: int) -> dict[str, float]:
         return {}
     pairs = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
     return {name: float(value) for name, value in pairs}
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll ``condition`` until true, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def test_every_daemon_serves_metrics_on_its_port(

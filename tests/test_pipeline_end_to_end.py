@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from marginwatch.settings import Settings
 from marginwatch.state.accounts import read_account, store_accounts
 from marginwatch.state.applier import apply_pending
 from marginwatch.status import account_report
+from tests.polling import wait_for
 from worker.celery_app import ACTIONS_QUEUE, MARGIN_CALLS_QUEUE
 
 D = Decimal
@@ -102,17 +103,6 @@ STAGES = [
     {"BTCUSDT": "48950", "ETHUSDT": "2500"},
     {"BTCUSDT": "44000", "ETHUSDT": "2400"},
 ]
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    """Poll ``condition`` until it returns something truthy, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 class Pipeline:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
 from decimal import Decimal
 from types import TracebackType
 
@@ -22,6 +21,7 @@ from producer.publisher import Publisher
 from producer.run import ProducerStats, run_producer
 from producer.ticks import Batch, Malformed, RawTick
 from producer.validation import TickValidator
+from tests.polling import wait_for
 
 T0 = 1_700_000_000_000
 KNOWN = {"BTCUSDT", "ETHUSDT"}
@@ -93,14 +93,6 @@ class LocalMarkPriceServer:
             await websocket.wait_closed()
 
 
-def wait_for(condition: Callable[[], bool], timeout_seconds: float = 10.0) -> None:
-    """Poll ``condition()`` until it is true or the deadline passes (then fail)."""
-    deadline = time.monotonic() + timeout_seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_frames_reach_redis_across_a_reconnect_and_a_malformed_frame_is_a_reject(
     redis_client: redis.Redis,
 ) -> None:
@@ -126,7 +118,7 @@ def test_frames_reach_redis_across_a_reconnect_and_a_malformed_frame_is_a_reject
         )
         thread.start()
         try:
-            wait_for(lambda: stats.published == 4)
+            wait_for(lambda: stats.published == 4, "4 ticks published", timeout=10.0, interval=0.01)
         finally:
             stop.set()
             thread.join(5)
@@ -150,7 +142,7 @@ def test_stop_ends_the_producer_while_the_connection_is_idle(redis_client: redis
             target=run_producer, args=(redis_client, source, validator, publisher, stop)
         )
         thread.start()
-        wait_for(lambda: server.connections == 1)
+        wait_for(lambda: server.connections == 1, "a connection", timeout=10.0, interval=0.01)
         stopped_at = time.monotonic()
         stop.set()
         thread.join(5)

@@ -69,6 +69,7 @@ from marginwatch.book_generator import generate_accounts
 from marginwatch.redis_server import RedisServer, free_port
 from marginwatch.state.accounts import store_accounts
 from producer.synthetic import MAJOR_START_PRICES
+from tests.polling import wait_for
 from tests.prometheus_server import PrometheusServer, start_prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,19 +118,6 @@ FIRING_TIMEOUT = 90.0  # from the start of the crash
 RESOLVED_TIMEOUT = 90.0  # from the alert firing
 DATA_TIMEOUT = 45.0  # from the crash being seen, shared by every data check
 POLL_SECONDS = 0.5
-
-
-def wait_for(condition: Callable[[], Any], what: str | Callable[[], str], timeout: float) -> Any:
-    """Poll ``condition`` until it returns something truthy, or fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            described = what if isinstance(what, str) else what()
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {described}")
-        time.sleep(POLL_SECONDS)
 
 
 # Rules and dashboards ---------------------------------------------------------------------------
@@ -611,11 +599,16 @@ def assert_data(
     pipeline: Pipeline, where: str, expr: str, run: Callable[[], dict[str, Any]]
 ) -> None:
     """Poll ``run`` until it returns a finite sample (the deadline is shared by every check)."""
-    deadline = max(pipeline.data_deadline, time.monotonic() + 2 * POLL_SECONDS)
-    while True:
-        data = run()
-        if finite_samples(data):
-            return
-        if time.monotonic() >= deadline:
-            pytest.fail(f"{where}: no data for {expr!r}: {data['resultType']} {data['result']}")
-        time.sleep(POLL_SECONDS)
+    remaining = max(pipeline.data_deadline - time.monotonic(), 2 * POLL_SECONDS)
+    last: dict[str, Any] = {}
+
+    def sampled() -> bool:
+        last.update(run())
+        return bool(finite_samples(last))
+
+    wait_for(
+        sampled,
+        lambda: f"{where}: data for {expr!r}: {last.get('resultType')} {last.get('result')}",
+        remaining,
+        POLL_SECONDS,
+    )
