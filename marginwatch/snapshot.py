@@ -183,7 +183,7 @@ class SnapshotModel(_Strict):
     accounts: list[AccountModel]
 
 
-class _FieldError(ValueError):
+class FieldError(ValueError):
     """Raised by a model validator about one of the model's fields (``field`` is relative)."""
 
     def __init__(self, field: str, reason: str) -> None:
@@ -192,11 +192,12 @@ class _FieldError(ValueError):
         self.reason = reason
 
 
-def _field_error(field: str, reason: str) -> _FieldError:
-    return _FieldError(field, reason)
+def _field_error(field: str, reason: str) -> FieldError:
+    return FieldError(field, reason)
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """``accounts[0].positions[1].quantity`` from pydantic's ``('accounts', 0, ...)``."""
     text = ""
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
@@ -207,10 +208,10 @@ def describe_validation_error(error: ValidationError) -> str:
     """One line: ``field.path: message`` for the first error, and how many more there are."""
     errors = error.errors()
     first = errors[0]
-    where = _location(tuple(first["loc"]))
+    where = field_path(tuple(first["loc"]))
     message = str(first["msg"]).removeprefix("Value error, ")
     cause = first.get("ctx", {}).get("error")
-    if isinstance(cause, _FieldError):
+    if isinstance(cause, FieldError):
         where = f"{where}.{cause.field}" if where else cause.field
         message = cause.reason
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -243,7 +244,7 @@ def parse_snapshot(
         )
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SnapshotError(f"snapshot: not valid JSON ({error})") from None
-    except _FieldError as error:
+    except FieldError as error:
         raise SnapshotError(str(error)) from None
     try:
         model = SnapshotModel.model_validate(document)
@@ -253,7 +254,7 @@ def parse_snapshot(
 
 
 def _reject_constant(name: str) -> None:
-    raise _FieldError("snapshot", f"{name} is not a valid number")
+    raise FieldError("snapshot", f"{name} is not a valid number")
 
 
 def snapshot_from_model(

@@ -67,10 +67,12 @@ from marginwatch.engine.types import Account, MarginMode, Position, PositionSide
 from marginwatch.snapshot import (
     AccountModel,
     DecimalNumber,
+    FieldError,
     NonNegativeNumber,
     PositiveNumber,
     Symbol,
     describe_validation_error,
+    field_path,
 )
 from marginwatch.state.account_update import (
     DEFAULT_LEVERAGE,
@@ -98,15 +100,6 @@ class EventRejectedError(ValueError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reason = reason
-
-
-class _FieldError(ValueError):
-    """Raised by a model validator about one of the event's fields."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
         self.reason = reason
 
 
@@ -170,11 +163,11 @@ class PositionChangeEvent(_Event):
     def _consistent(self) -> PositionChangeEvent:
         mismatch = sign_mismatch(self.position_side, self.quantity)
         if mismatch:
-            raise _FieldError("quantity", mismatch)
+            raise FieldError("quantity", mismatch)
         if self.quantity != 0 and self.entry_price is None:
-            raise _FieldError("entry_price", "required unless quantity is 0")
+            raise FieldError("entry_price", "required unless quantity is 0")
         if self.margin_mode is MarginMode.CROSS and self.isolated_wallet is not None:
-            raise _FieldError("isolated_wallet", "only an isolated position has one")
+            raise FieldError("isolated_wallet", "only an isolated position has one")
         return self
 
     def applied_to(self, account: Account, market: _Market) -> Account:
@@ -192,7 +185,7 @@ class IsolatedMarginEvent(_Event):
     @model_validator(mode="after")
     def _nonzero(self) -> IsolatedMarginEvent:
         if self.amount == 0:
-            raise _FieldError("amount", "must not be zero")
+            raise FieldError("amount", "must not be zero")
         return self
 
     def applied_to(self, account: Account, market: _Market) -> Account:
@@ -291,7 +284,7 @@ def parse_event_json(text: str | bytes) -> AccountEvent:
         )
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise EventRejectedError(f"event: not valid JSON ({error})") from None
-    except _FieldError as error:
+    except FieldError as error:
         raise EventRejectedError(str(error)) from None
     return validate_event(document)
 
@@ -305,7 +298,7 @@ def validate_event(document: Any) -> AccountEvent:
 
 
 def _reject_constant(name: str) -> None:
-    raise _FieldError("event", f"{name} is not a valid number")
+    raise FieldError("event", f"{name} is not a valid number")
 
 
 def _describe(error: ValidationError) -> str:
@@ -322,22 +315,14 @@ def _describe(error: ValidationError) -> str:
     loc = tuple(first["loc"])
     if loc and loc[0] in EVENT_TYPES:
         loc = loc[1:]
-    where = _location(loc)
+    where = field_path(loc)
     message = str(first["msg"]).removeprefix("Value error, ")
     cause = first.get("ctx", {}).get("error")
-    if isinstance(cause, _FieldError):
+    if isinstance(cause, FieldError):
         where = f"{where}.{cause.field}" if where else cause.field
         message = cause.reason
     more = len(error.errors()) - 1
     return f"{where or 'event'}: {message}" + (f" (and {more} more)" if more else "")
-
-
-def _location(loc: tuple[int | str, ...]) -> str:
-    """``a.P[0].pa`` from pydantic's ``('a', 'P', 0, 'pa')``."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
 
 
 def _text(value: bytes | str) -> str:
