@@ -98,19 +98,7 @@ def execute_margin_call(
 
     Returns the outcome and the event emitted (``None`` when none was).
     """
-    found = _current_pool(client, tables, settings, action)
-    if found is None:
-        return "gone", None
-    report, pool, members = found
-    if pool.margin_ratio is not None and pool.margin_ratio < settings.margin_call_ratio:
-        return "not_confirmed", None
-    episode = keys.episode(action["account_id"], action["pool"])
-    if not client.set(episode, action["tick_sequence"], nx=True, ex=EPISODE_TTL_SECONDS):
-        return "duplicate", None
-    emitted = now_ms()
-    event = margin_call_event(report, action["pool"], members, emitted)
-    _record(client, "margin_call", action, pool, event, emitted)
-    return "sent", event
+    return execute_margin_calls(client, tables, settings, [action])[0]
 
 
 def execute_margin_calls(
