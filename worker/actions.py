@@ -4,9 +4,9 @@ Each action re-reads the account and the newest marks and re-checks with the exa
 it finds decides. Each is idempotent: a redelivered or duplicated task changes nothing twice.
 
 * Margin call: once per episode (``keys.episode`` set with NX), a Binance-shaped
-  ``MARGIN_CALL`` event on ``keys.MARGIN_CALL_EVENTS``.
+  ``MARGIN_CALL`` event on ``keys.MARGIN_CALL_EVENTS``, both in one script.
 * Resolution: the episode ends (key deleted) when the ratio is below the re-arm level; a
-  ``resolved`` event.
+  ``resolved`` event, in the same script.
 * Liquidation: see ``liquidation.py``.
 """
 
@@ -19,7 +19,6 @@ from decimal import Decimal
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 
 from marginwatch import keys
 from marginwatch.engine.brackets import BracketTable
@@ -118,22 +117,19 @@ def execute_margin_calls(
     results: list[tuple[str, dict[str, Any] | None]] = [
         ("gone", None) if f is None else ("not_confirmed", None) for f in found
     ]
-    due = [i for i, f in enumerate(found) if f is not None and _calls(f[1], settings)]
+    confirmed = {i: f for i, f in enumerate(found) if f is not None and _calls(f[1], settings)}
+    events = {
+        i: margin_call_event(report, batch[i]["pool"], members, now_ms())
+        for i, (report, _pool, members) in confirmed.items()
+    }
     pipe = client.pipeline(transaction=False)
-    for i in due:
+    for i, (_report, pool, _members) in confirmed.items():
+        fields = _fields("margin_call", batch[i], pool, events[i])
         episode = keys.episode(batch[i]["account_id"], batch[i]["pool"])
-        pipe.set(episode, batch[i]["tick_sequence"], nx=True, ex=EPISODE_TTL_SECONDS)
-    fresh = [i for i, was_set in zip(due, pipe.execute(), strict=True) if was_set]
-    for i in due:
-        results[i] = ("duplicate", None)  # unless its episode key was just set (below)
-    pipe = client.pipeline(transaction=False)
-    for i in fresh:
-        report, pool, members = found[i]  # type: ignore[misc]
-        emitted = now_ms()
-        event = margin_call_event(report, batch[i]["pool"], members, emitted)
-        _record(pipe, "margin_call", batch[i], pool, event, emitted)
-        results[i] = ("sent", event)
-    pipe.execute()
+        pipe.eval(_START_EPISODE, 2, episode, keys.MARGIN_CALL_EVENTS, batch[i]["tick_sequence"],
+                  EPISODE_TTL_SECONDS, EVENTS_MAXLEN, *_flat(fields))  # fmt: skip
+    for i, started in zip(confirmed, pipe.execute(), strict=True):
+        results[i] = ("sent", events[i]) if started else ("duplicate", None)
     return results
 
 
@@ -171,12 +167,12 @@ def execute_resolution(
         _report, pool, _members = found
         if pool.margin_ratio is None or pool.margin_ratio >= rearm_below:
             return "not_confirmed"
-    if not client.delete(keys.episode(action["account_id"], action["pool"])):
-        return "duplicate"
-    emitted = now_ms()
-    event = {"e": "MARGIN_CALL_RESOLVED", "E": emitted}
-    _record(client, "resolved", action, None if found is None else found[1], event, emitted)
-    return "sent"
+    event = {"e": "MARGIN_CALL_RESOLVED", "E": now_ms()}
+    fields = _fields("resolved", action, None if found is None else found[1], event)
+    episode = keys.episode(action["account_id"], action["pool"])
+    ended = client.eval(_END_EPISODE, 2, episode, keys.MARGIN_CALL_EVENTS, EVENTS_MAXLEN,
+                        *_flat(fields))  # fmt: skip
+    return "sent" if ended else "duplicate"
 
 
 def _current_pool(
@@ -193,27 +189,38 @@ def _current_pool(
     return report, found[0], found[1]
 
 
-def _record(
-    client: redis.Redis | Pipeline,
-    kind: str,
-    action: dict[str, Any],
-    pool: PoolReport | None,
-    event: dict[str, Any],
-    emitted_ms: int,
-) -> None:
+# The episode key and its event change together or not at all (a crash between them would
+# lose the event, or record one twice). KEYS: episode key, event stream.
+# ARGV (start): tick sequence, TTL seconds, stream max length, field, value, ...
+_START_EPISODE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+return 1
+"""
+# ARGV (end): stream max length, field, value, ...
+_END_EPISODE = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+return 1
+"""
+
+
+def _fields(
+    kind: str, action: dict[str, Any], pool: PoolReport | None, event: dict[str, Any]
+) -> dict[str, str | int]:
+    """The stream entry of a margin-call event: the action, the ratio, the Binance event."""
     ratio = None if pool is None else decimal_string(pool.margin_ratio)
-    client.xadd(
-        keys.MARGIN_CALL_EVENTS,
-        {
-            "kind": kind,
-            "account_id": action["account_id"],
-            "pool": action["pool"],
-            "margin_ratio": ratio or "",
-            "event": json.dumps(event),
-            "tick_sequence": action["tick_sequence"],
-            "tick_event_time_ms": action["tick_event_time_ms"],
-            "emitted_ms": emitted_ms,
-        },
-        maxlen=EVENTS_MAXLEN,
-        approximate=True,
-    )
+    return {
+        "kind": kind,
+        "account_id": action["account_id"],
+        "pool": action["pool"],
+        "margin_ratio": ratio or "",
+        "event": json.dumps(event),
+        "tick_sequence": action["tick_sequence"],
+        "tick_event_time_ms": action["tick_event_time_ms"],
+        "emitted_ms": event["E"],
+    }
+
+
+def _flat(fields: dict[str, str | int]) -> list[str | int]:
+    return [item for pair in fields.items() for item in pair]
