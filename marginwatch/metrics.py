@@ -190,10 +190,13 @@ class WorkerMetrics:
 
 
 class ExecutorMetrics:
-    """The executor's metrics (actions, webhooks, account events), created on ``registry``."""
+    """The executor's metrics (actions, webhooks, account events), created on ``registry``.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self._action_outcomes(registry)
+    ``symbols``: the symbols liquidated notional is exported for at zero from the start, so
+    ``increase()`` sees a symbol's first liquidation (one series per symbol, bounded)."""
+
+    def __init__(self, registry: CollectorRegistry, symbols: Sequence[str] = ()) -> None:
+        self._action_outcomes(registry, symbols)
         self.tick_to_action_latency = Histogram(
             TICK_TO_ACTION_LATENCY,
             "From the triggering tick's event time to the action's event being written",
@@ -221,7 +224,7 @@ class ExecutorMetrics:
         )
         self.redis_errors = _redis_errors(registry, "executor")
 
-    def _action_outcomes(self, registry: CollectorRegistry) -> None:
+    def _action_outcomes(self, registry: CollectorRegistry, symbols: Sequence[str]) -> None:
         self.margin_calls = _counter(
             registry, MARGIN_CALLS, "MARGIN_CALL events emitted", "margin_mode", MARGIN_MODES
         )
@@ -242,11 +245,12 @@ class ExecutorMetrics:
             "reason",
             SKIP_REASONS,
         )
-        self.liquidated_notional = Counter(
+        self.liquidated_notional = _counter(
+            registry,
             LIQUIDATED_NOTIONAL,
             "Notional closed by liquidations, at mark (USDT)",
-            ["symbol"],
-            registry=registry,
+            "symbol",
+            symbols,
         )
 
 

@@ -183,11 +183,11 @@ def parse_queues(spec: str) -> list[str]:
 
 
 def _executor_metrics(
-    settings: Settings, queues: Sequence[str], registry: CollectorRegistry
+    settings: Settings, queues: Sequence[str], registry: CollectorRegistry, symbols: Sequence[str]
 ) -> ExecutorMetrics:
     """The executor's metrics; the one that liquidates (actions queue) exports the fund, read
     at each scrape with a client that fails fast (a scrape never hangs on Redis)."""
-    metrics = ExecutorMetrics(registry)
+    metrics = ExecutorMetrics(registry, symbols)
     if ACTIONS_QUEUE in queues:
         scrape_client = redis.Redis.from_url(
             redis_url(settings),
@@ -208,7 +208,9 @@ def run_executor(
     runtime = _runtime(settings, loglevel)
     consume_in_listed_order(runtime.app)
     registry = CollectorRegistry()
-    runtime.executor_metrics = metrics = _executor_metrics(settings, queues, registry)
+    runtime.executor_metrics = metrics = _executor_metrics(
+        settings, queues, registry, sorted(runtime.tables)
+    )
     consumer = f"executor-{socket.gethostname()}"
     name = "executor-" + "-".join(queue.rsplit(".", 1)[-1] for queue in queues)
 
