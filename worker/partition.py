@@ -13,7 +13,7 @@ confirmed status, margin-call episode) follows its pool across layouts.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,20 +179,15 @@ def _lookup(
 
 
 def _rows(
-    accounts: Iterable[tuple[int, Account]], brackets: batch.BracketArrays
+    accounts: Sequence[tuple[int, Account]], brackets: batch.BracketArrays
 ) -> tuple[batch.Columns, npt.NDArray[np.int64]]:
     """Column rows of the given (account number, account) pairs, with their isolated codes."""
-    rows = [(number, p) for number, account in accounts for p in account.positions]
-    codes = [_isolated_code(p, brackets) if p.is_isolated else 0 for _, p in rows]
-    columns = batch.Columns(
-        account=np.array([n for n, _ in rows], dtype=np.int64),
-        isolated=np.array([p.is_isolated for _, p in rows], dtype=np.bool_),
-        symbol=np.array([brackets.index[p.symbol] for _, p in rows], dtype=np.int32),
-        quantity=np.array([float(p.quantity) for _, p in rows]),
-        entry_price=np.array([float(p.entry_price) for _, p in rows]),
-        isolated_wallet=np.array([float(p.isolated_wallet or 0) for _, p in rows]),
-        cross_wallet=np.zeros(0),
-    )
+    columns = batch.position_columns(accounts, brackets, np.zeros(0))
+    codes = [
+        _isolated_code(p, brackets) if p.is_isolated else 0
+        for _, account in accounts
+        for p in account.positions
+    ]
     return columns, np.array(codes, dtype=np.int64)
 
 

@@ -284,18 +284,26 @@ class BookIndex:
     rows: tuple[tuple[int, ...], ...]
 
 
-def columns_of(accounts: Sequence[Account], brackets: BracketArrays) -> Columns:
-    """Columns of domain accounts, positions in input order."""
-    positions = [(a, p) for a, account in enumerate(accounts) for p in account.positions]
+def position_columns(
+    numbered: Sequence[tuple[int, Account]], brackets: BracketArrays, cross_wallet: FloatArray
+) -> Columns:
+    """Columns of the positions of ``(account number, account)`` pairs, in input order."""
+    rows = [(number, p) for number, account in numbered for p in account.positions]
     return Columns(
-        account=np.array([a for a, _ in positions], dtype=np.int64),
-        isolated=np.array([p.is_isolated for _, p in positions], dtype=np.bool_),
-        symbol=np.array([brackets.index[p.symbol] for _, p in positions], dtype=np.int32),
-        quantity=np.array([float(p.quantity) for _, p in positions]),
-        entry_price=np.array([float(p.entry_price) for _, p in positions]),
-        isolated_wallet=np.array([float(p.isolated_wallet or 0) for _, p in positions]),
-        cross_wallet=np.array([float(a.cross_wallet_balance) for a in accounts]),
+        account=np.array([number for number, _ in rows], dtype=np.int64),
+        isolated=np.array([p.is_isolated for _, p in rows], dtype=np.bool_),
+        symbol=np.array([brackets.index[p.symbol] for _, p in rows], dtype=np.int32),
+        quantity=np.array([float(p.quantity) for _, p in rows]),
+        entry_price=np.array([float(p.entry_price) for _, p in rows]),
+        isolated_wallet=np.array([float(p.isolated_wallet or 0) for _, p in rows]),
+        cross_wallet=cross_wallet,
     )
+
+
+def columns_of(accounts: Sequence[Account], brackets: BracketArrays) -> Columns:
+    """Columns of domain accounts (numbered in order), positions in input order."""
+    wallets = np.array([float(account.cross_wallet_balance) for account in accounts])
+    return position_columns(list(enumerate(accounts)), brackets, wallets)
 
 
 def build_book(accounts: Sequence[Account], brackets: BracketArrays) -> tuple[Book, BookIndex]:
