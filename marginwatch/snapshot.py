@@ -239,11 +239,7 @@ def parse_snapshot(
 ) -> Snapshot:
     """Parse and validate a snapshot document; raise ``SnapshotError`` naming the field."""
     try:
-        document = json.loads(
-            text, parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SnapshotError(f"snapshot: not valid JSON ({error})") from None
+        document = decimal_json(text, "snapshot")
     except FieldError as error:
         raise SnapshotError(str(error)) from None
     try:
@@ -253,8 +249,17 @@ def parse_snapshot(
     return snapshot_from_model(model, base_tables)
 
 
-def _reject_constant(name: str) -> None:
-    raise FieldError("snapshot", f"{name} is not a valid number")
+def decimal_json(text: str | bytes, document: str) -> Any:
+    """JSON with every number read as ``Decimal`` (no binary floats); ``NaN``/``Infinity`` and
+    broken JSON raise ``FieldError`` naming ``document``."""
+
+    def reject(name: str) -> None:
+        raise FieldError(document, f"{name} is not a valid number")
+
+    try:
+        return json.loads(text, parse_float=Decimal, parse_int=Decimal, parse_constant=reject)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FieldError(document, f"not valid JSON ({error})") from None
 
 
 def snapshot_from_model(

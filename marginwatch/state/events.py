@@ -45,7 +45,6 @@ are created by ``marginwatch accounts load``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -71,6 +70,7 @@ from marginwatch.snapshot import (
     NonNegativeNumber,
     PositiveNumber,
     Symbol,
+    decimal_json,
     describe_validation_error,
     field_path,
 )
@@ -279,11 +279,7 @@ def parse_event(fields: Mapping[bytes | str, bytes | str]) -> AccountEvent:
 def parse_event_json(text: str | bytes) -> AccountEvent:
     """Parse and validate one event document; numbers are read as ``Decimal``."""
     try:
-        document = json.loads(
-            text, parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EventRejectedError(f"event: not valid JSON ({error})") from None
+        document = decimal_json(text, "event")
     except FieldError as error:
         raise EventRejectedError(str(error)) from None
     return validate_event(document)
@@ -295,10 +291,6 @@ def validate_event(document: Any) -> AccountEvent:
         return _ADAPTER.validate_python(document)
     except ValidationError as error:
         raise EventRejectedError(_describe(error)) from None
-
-
-def _reject_constant(name: str) -> None:
-    raise FieldError("event", f"{name} is not a valid number")
 
 
 def _describe(error: ValidationError) -> str:
