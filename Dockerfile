@@ -23,8 +23,6 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY marginwatch ./marginwatch
-COPY worker ./worker
-COPY producer ./producer
 RUN pip install .
 
 # --- runtime -------------------------------------------------------------------------------------

@@ -44,18 +44,18 @@ import naive_baseline as naive
 import numpy as np
 import redis
 
-from marginwatch import keys
-from marginwatch.book_generator import generate_accounts
-from marginwatch.contract import Tick
+from marginwatch.base import keys
+from marginwatch.base.ticks import Tick
+from marginwatch.cli.book_generator import generate_accounts
+from marginwatch.cli.embedded_redis import RedisServer, free_port, start_redis_server
 from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import Account, PositionMode
-from marginwatch.redis_server import RedisServer, free_port, start_redis_server
+from marginwatch.producer.publisher import Publisher
+from marginwatch.producer.run import synthetic_symbols
+from marginwatch.producer.synthetic import MarketSpec, start_prices, to_significant_digits
+from marginwatch.runtime import celery_app
+from marginwatch.runtime.celery_app import WEBHOOKS_QUEUE, partition_queue
 from marginwatch.state.accounts import partition_of, store_accounts
-from producer.publisher import Publisher
-from producer.run import synthetic_symbols
-from producer.synthetic import MarketSpec, start_prices, to_significant_digits
-from worker import celery_app
-from worker.celery_app import WEBHOOKS_QUEUE, partition_queue
 
 WORKERS = 2
 GOAL_P99_MS = 250.0

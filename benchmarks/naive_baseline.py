@@ -31,14 +31,13 @@ from typing import Any
 import redis
 from celery import Celery
 
-from marginwatch import keys
-from marginwatch.contract import ticks_from_prices_hash
+from marginwatch.base import keys
+from marginwatch.base.settings import Settings, bracket_tables
+from marginwatch.base.ticks import ticks_from_prices_hash
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.exact import evaluate_account
-from marginwatch.settings import Settings
+from marginwatch.runtime.celery_app import make_celery
 from marginwatch.state.accounts import read_account
-from worker.celery_app import make_celery
-from worker.daemons import bracket_tables
 
 TASK = "naive.evaluate_account"
 QUEUE = "naive.accounts"

@@ -2,6 +2,6 @@
 
 import sys
 
-from marginwatch.cli import main
+from marginwatch.cli.main import main
 
 sys.exit(main())

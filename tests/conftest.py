@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from marginwatch.redis_server import RedisServer, start_redis_server
+from marginwatch.cli.embedded_redis import RedisServer, start_redis_server
 
 
 @pytest.fixture(scope="session")

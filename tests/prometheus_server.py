@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from marginwatch.redis_server import free_port
+from marginwatch.cli.embedded_redis import free_port
 
 API_TIMEOUT_SECONDS = 10.0
 

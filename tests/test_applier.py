@@ -12,10 +12,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from marginwatch import keys
-from marginwatch.contract import Tick
+from marginwatch.base import keys
+from marginwatch.base.ticks import Tick
+from marginwatch.cli.embedded_redis import free_port
 from marginwatch.engine.types import Account, MarginMode, Position
-from marginwatch.redis_server import free_port
 from marginwatch.state.accounts import partition_of, read_account, store_accounts
 from marginwatch.state.applier import (
     AppliedCounts,

@@ -1,6 +1,6 @@
 """The Grafana dashboards: generated, stable, on the ``prometheus`` datasource, their PromQL valid
 and answered by series shaped like marginwatch's (``promtool``), and every metric they or the
-alert rules name defined in marginwatch/metrics.py."""
+alert rules name defined in marginwatch/base/metrics.py."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
 GENERATOR = DASHBOARDS / "generate.py"
-METRICS_MODULE = ROOT / "marginwatch" / "metrics.py"
+METRICS_MODULE = ROOT / "marginwatch" / "base" / "metrics.py"
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "marginwatch.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
@@ -167,9 +167,9 @@ def issue_series() -> set[str]:
 
 @cache
 def defined_metrics() -> frozenset[str]:
-    """Every series name marginwatch/metrics.py can expose, from the names written in it."""
+    """Every series name marginwatch/base/metrics.py can expose, from the names written in it."""
     if not METRICS_MODULE.exists():
-        pytest.fail("marginwatch/metrics.py does not exist (yet): no metric is defined")
+        pytest.fail("marginwatch/base/metrics.py does not exist (yet): no metric is defined")
     families = set(METRIC_LITERAL.findall(METRICS_MODULE.read_text(encoding="utf-8")))
     exposed = set(families)
     for family in families:

@@ -13,13 +13,15 @@ import pytest
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.formulas import ZERO
 from marginwatch.engine.types import Account, MarginMode, Position, PositionMode, PositionSide
-from marginwatch.state.events import (
+from marginwatch.events.models import (
     DepositEvent,
     EventRejectedError,
     PositionChangeEvent,
-    apply_event,
     parse_event,
     parse_event_json,
+)
+from marginwatch.events.rules import (
+    apply_event,
     require_account,
 )
 from tests.tables import BTC_2024, flat

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from marginwatch.engine.types import Account, MarginMode, Position, PositionMode, PositionSide
-from marginwatch.state.account_update import AccountUpdatePayload, apply_account_update
-from marginwatch.state.events import AccountUpdateEvent, EventRejectedError, apply_event
-from marginwatch.state.events import parse_event_json as parse
+from marginwatch.events.account_update import AccountUpdatePayload, apply_account_update
+from marginwatch.events.models import AccountUpdateEvent, EventRejectedError
+from marginwatch.events.models import parse_event_json as parse
+from marginwatch.events.rules import apply_event
 from tests.tables import BTC_2024
 
 TABLES = {"BTCUSDT": BTC_2024}

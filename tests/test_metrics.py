@@ -21,12 +21,9 @@ import pytest
 import redis
 from prometheus_client import CollectorRegistry
 
-from marginwatch import keys
-from marginwatch.contract import Tick
-from marginwatch.demo import children, metrics_lines, metrics_ports
-from marginwatch.engine.brackets import default_tables
-from marginwatch.engine.types import STATUS_ORDER, Account, MarginMode, Position
-from marginwatch.metrics import (
+from marginwatch.base import keys
+from marginwatch.base.actions import Action, ActionKind
+from marginwatch.base.metrics import (
     MARGIN_RATIO_LE,
     STATUSES,
     ExecutorMetrics,
@@ -37,25 +34,30 @@ from marginwatch.metrics import (
     pool_counts,
     serve_metrics,
 )
-from marginwatch.redis_server import RedisServer, free_port
-from marginwatch.settings import Settings
-from marginwatch.state.accounts import store_accounts
-from marginwatch.state.applier import run_applier
-from producer.publisher import Publisher
-from producer.replay import replay_source
-from producer.run import ProducerStats, run_producer
-from producer.validation import TickValidator
-from tests.polling import wait_for
-from worker.celery_app import TASK_DELIVER_WEBHOOK, TASK_LIQUIDATE, make_celery
-from worker.instrumentation import insurance_fund_reader, observe_applied
-from worker.tasks import (
-    Runtime,
-    register_tasks,
-    run_evaluation,
+from marginwatch.base.settings import Settings
+from marginwatch.base.ticks import Tick
+from marginwatch.cli.demo import children, metrics_lines, metrics_ports
+from marginwatch.cli.embedded_redis import RedisServer, free_port
+from marginwatch.engine.brackets import default_tables
+from marginwatch.engine.types import STATUS_ORDER, Account, MarginMode, Position
+from marginwatch.executor import tasks as executor_tasks
+from marginwatch.executor.instrumentation import insurance_fund_reader, observe_applied
+from marginwatch.executor.tasks import (
+    ExecutorRuntime,
     run_liquidation,
-    run_margin_call,
+    run_margin_calls,
     run_resolution,
 )
+from marginwatch.producer.publisher import Publisher
+from marginwatch.producer.replay import replay_source
+from marginwatch.producer.run import ProducerStats, run_producer
+from marginwatch.producer.validation import TickValidator
+from marginwatch.runtime.celery_app import TASK_DELIVER_WEBHOOK, TASK_LIQUIDATE, make_celery
+from marginwatch.state.accounts import store_accounts
+from marginwatch.state.applier import run_applier
+from marginwatch.worker import tasks as worker_tasks
+from marginwatch.worker.tasks import WorkerRuntime, run_evaluation
+from tests.polling import wait_for
 
 D = Decimal
 CROSS, ISOLATED = MarginMode.CROSS, MarginMode.ISOLATED
@@ -179,19 +181,34 @@ FUND = D(1_000_000)
 
 
 @pytest.fixture
-def runtime(redis_server: RedisServer, redis_client: redis.Redis) -> Iterator[Runtime]:
-    """BOOK in one partition, both marks published, metrics on fresh registries."""
+def runtimes(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> Iterator[tuple[WorkerRuntime, ExecutorRuntime]]:
+    """BOOK in one partition, both marks published; a worker's and an executor's runtime on one
+    Celery app, their metrics on fresh registries."""
     settings = Settings(redis_url=redis_server.url, partitions=1, webhook_max_attempts=3)
     store_accounts(redis_client, BOOK, partitions=1)
     redis_client.set(keys.INSURANCE_FUND, str(FUND))
     publish(redis_client, BTCUSDT="48950", ETHUSDT="2500")
     app = make_celery(settings, redis_server.url)
-    running = Runtime(settings, redis_client, TABLES, app)
-    running.worker_metrics = WorkerMetrics(CollectorRegistry())
-    running.executor_metrics = ExecutorMetrics(CollectorRegistry())
-    register_tasks(app, running)
-    yield running
+    worker = WorkerRuntime(settings, redis_client, TABLES, app)
+    executor = ExecutorRuntime(settings, redis_client, TABLES, app)
+    worker_tasks.register_tasks(app, worker)
+    executor_tasks.register_tasks(app, executor)
+    yield worker, executor
     app.close()
+
+
+@pytest.fixture
+def runtime(runtimes: tuple[WorkerRuntime, ExecutorRuntime]) -> WorkerRuntime:
+    """The partition worker's runtime."""
+    return runtimes[0]
+
+
+@pytest.fixture
+def executor(runtimes: tuple[WorkerRuntime, ExecutorRuntime]) -> ExecutorRuntime:
+    """The executor's runtime."""
+    return runtimes[1]
 
 
 def publish(client: redis.Redis, **marks: str) -> int:
@@ -201,11 +218,11 @@ def publish(client: redis.Redis, **marks: str) -> int:
     return outcome.published[-1].sequence
 
 
-def test_evaluation_moves_the_worker_metrics(runtime: Runtime) -> None:
+def test_evaluation_moves_the_worker_metrics(runtime: WorkerRuntime) -> None:
     """One evaluation: counters, tick age, pools by status, ratio distribution, actions sent."""
     registry = CollectorRegistry()
-    runtime.worker_metrics = WorkerMetrics(registry)
-    runtime.worker_metrics.set_pending([0], pending=True)
+    runtime.metrics = WorkerMetrics(registry)
+    runtime.metrics.set_pending([0], pending=True)
     run_evaluation(runtime, 0)
     assert sample(registry, "marginwatch_evaluations_total", partition="0") == 1
     assert sample(registry, "marginwatch_positions_evaluated_total", partition="0") == 4
@@ -226,10 +243,10 @@ def test_evaluation_moves_the_worker_metrics(runtime: Runtime) -> None:
     assert sample(registry, "marginwatch_actions_sent_total", action="margin_call") == 1
 
 
-def test_liquidation_map_from_the_batch_liquidation_prices(runtime: Runtime) -> None:
+def test_liquidation_map_from_the_batch_liquidation_prices(runtime: WorkerRuntime) -> None:
     """The batch path's prices equal the ones written out above, and land in their bands."""
     registry = CollectorRegistry()
-    runtime.worker_metrics = WorkerMetrics(registry)
+    runtime.metrics = WorkerMetrics(registry)
     run_evaluation(runtime, 0)
     prices = runtime.books[0].result.liquidation_price
     assert sorted(prices[~np.isnan(prices)]) == pytest.approx(
@@ -242,10 +259,10 @@ def test_liquidation_map_from_the_batch_liquidation_prices(runtime: Runtime) -> 
     assert sample(registry, name, symbol="ETHUSDT", band="0-1%") == 0
 
 
-def test_liquidation_map_is_refreshed_at_most_once_a_second(runtime: Runtime) -> None:
+def test_liquidation_map_is_refreshed_at_most_once_a_second(runtime: WorkerRuntime) -> None:
     """A second evaluation within the second keeps the map it computed first."""
     registry = CollectorRegistry()
-    runtime.worker_metrics = WorkerMetrics(registry)
+    runtime.metrics = WorkerMetrics(registry)
     run_evaluation(runtime, 0)
     publish(runtime.client, BTCUSDT="60000")
     run_evaluation(runtime, 0)
@@ -254,38 +271,41 @@ def test_liquidation_map_is_refreshed_at_most_once_a_second(runtime: Runtime) ->
     assert sample(registry, "marginwatch_evaluations_total", partition="0") == 2
 
 
-def test_stale_symbols_count_held_symbols_without_a_recent_tick(runtime: Runtime) -> None:
+def test_stale_symbols_count_held_symbols_without_a_recent_tick(runtime: WorkerRuntime) -> None:
     """ETHUSDT's only tick is a minute old: one stale symbol of the two held."""
     old = time.time_ns() // 1_000_000 - 60_000
     runtime.client.delete(keys.PRICES)
     Publisher(runtime.client).publish([Tick("ETHUSDT", D(2500), old)])
     publish(runtime.client, BTCUSDT="48950")
     registry = CollectorRegistry()
-    runtime.worker_metrics = WorkerMetrics(registry)
+    runtime.metrics = WorkerMetrics(registry)
     run_evaluation(runtime, 0)
     assert sample(registry, "marginwatch_stale_symbols", partition="0") == 1
 
 
-def action(account_id: str, pool: str = "cross") -> dict[str, Any]:
-    """An action payload triggered by a tick two seconds ago."""
-    return {"account_id": account_id, "pool": pool, "version": 1, "tick_sequence": 1,
-            "tick_event_time_ms": time.time_ns() // 1_000_000 - 2_000}  # fmt: skip
+def action(account_id: str, kind: ActionKind) -> Action:
+    """An action on the cross pool triggered by a tick two seconds ago."""
+    return Action(kind, account_id, "cross", 1, 1, time.time_ns() // 1_000_000 - 2_000)
 
 
-def test_executor_actions_move_the_executor_metrics(runtime: Runtime) -> None:
+CALL, RESOLVED, LIQUIDATE = (
+    ActionKind.MARGIN_CALL, ActionKind.MARGIN_CALL_RESOLVED, ActionKind.LIQUIDATION)  # fmt: skip
+
+
+def test_executor_actions_move_the_executor_metrics(executor: ExecutorRuntime) -> None:
     """Margin call once, liquidation with its notional and the fund, skips, the resolution."""
     registry = CollectorRegistry()
-    runtime.executor_metrics = ExecutorMetrics(registry)
-    runtime.executor_metrics.insurance_fund.read = insurance_fund_reader(runtime.client)
-    assert run_margin_call(runtime, action("E")) == "sent"
-    assert run_margin_call(runtime, action("E")) == "duplicate"
+    executor.metrics = ExecutorMetrics(registry)
+    executor.metrics.insurance_fund.read = insurance_fund_reader(executor.client)
+    assert run_margin_calls(executor, [action("E", CALL)]) == ["sent"]
+    assert run_margin_calls(executor, [action("E", CALL)]) == ["duplicate"]
     assert sample(registry, "marginwatch_margin_calls_total", margin_mode="cross") == 1
-    publish(runtime.client, BTCUSDT="52000")  # E: 208 / 3,265, below the re-arm level
-    assert run_resolution(runtime, action("E")) == "sent"
-    publish(runtime.client, BTCUSDT="48000")
-    assert run_liquidation(runtime, action("E")) == "liquidated"
-    assert run_liquidation(runtime, action("H")) == "skipped"
-    assert run_liquidation(runtime, action("nobody")) == "skipped"
+    publish(executor.client, BTCUSDT="52000")  # E: 208 / 3,265, below the re-arm level
+    assert run_resolution(executor, action("E", RESOLVED)) == "sent"
+    publish(executor.client, BTCUSDT="48000")
+    assert run_liquidation(executor, action("E", LIQUIDATE)) == "liquidated"
+    assert run_liquidation(executor, action("H", LIQUIDATE)) == "skipped"
+    assert run_liquidation(executor, action("nobody", LIQUIDATE)) == "skipped"
     assert sample(registry, "marginwatch_liquidations_total", margin_mode="cross") == 1
     # E closes 1 BTC at 48,000; 1,265 − 2,000 leaves 735 for the fund to cover, no fee.
     notional = sample(registry, "marginwatch_liquidated_notional_usdt_total", symbol="BTCUSDT")
@@ -318,20 +338,20 @@ def test_insurance_fund_is_exported_only_when_it_can_be_read(redis_client: redis
     assert sample(registry, "marginwatch_insurance_fund_usdt") is None
 
 
-def test_applier_steps_count_account_events(runtime: Runtime) -> None:
+def test_applier_steps_count_account_events(executor: ExecutorRuntime) -> None:
     """The applier's on_step hook counts an accepted deposit and a rejected event."""
     registry = CollectorRegistry()
     metrics = ExecutorMetrics(registry)
     deposit = {"type": "deposit", "account_id": "H", "amount": "10", "event_id": "d-1"}
-    runtime.client.xadd(keys.ACCOUNT_EVENTS, {"event": json.dumps(deposit)})
-    runtime.client.xadd(keys.ACCOUNT_EVENTS, {"event": "not json"})
+    executor.client.xadd(keys.ACCOUNT_EVENTS, {"event": json.dumps(deposit)})
+    executor.client.xadd(keys.ACCOUNT_EVENTS, {"event": "not json"})
     stop = threading.Event()
 
     def on_step(counts: Any) -> None:
         observe_applied(metrics, counts)
         stop.set()
 
-    run_applier(runtime.client, TABLES, 1, "test", stop, block_ms=100, on_step=on_step)
+    run_applier(executor.client, TABLES, 1, "test", stop, block_ms=100, on_step=on_step)
     assert sample(registry, "marginwatch_account_events_total", outcome="accepted") == 1
     assert sample(registry, "marginwatch_account_events_total", outcome="rejected") == 1
 
@@ -348,13 +368,13 @@ class Receiver(BaseHTTPRequestHandler):
         """Quiet."""
 
 
-def test_webhook_tasks_count_deliveries_retries_and_failures(runtime: Runtime) -> None:
+def test_webhook_tasks_count_deliveries_retries_and_failures(executor: ExecutorRuntime) -> None:
     """Delivered once; a dead receiver: two retries (3 attempts), then one failure."""
     registry = CollectorRegistry()
-    runtime.executor_metrics = ExecutorMetrics(registry)
+    executor.metrics = ExecutorMetrics(registry)
     server = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    task = runtime.app.tasks[TASK_DELIVER_WEBHOOK]
+    task = executor.app.tasks[TASK_DELIVER_WEBHOOK]
     try:
         task.apply(args=[f"http://127.0.0.1:{server.server_address[1]}/hook", "{}"])
     finally:
@@ -368,14 +388,14 @@ def test_webhook_tasks_count_deliveries_retries_and_failures(runtime: Runtime) -
 
 
 def test_action_task_on_a_dead_redis_counts_retries_failure_and_redis_errors(
-    runtime: Runtime,
+    executor: ExecutorRuntime,
 ) -> None:
     """Five retries then a failure, six Redis errors: each counted once."""
     registry = CollectorRegistry()
-    runtime.executor_metrics = ExecutorMetrics(registry)
+    executor.metrics = ExecutorMetrics(registry)
     no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
-    runtime.client = redis.Redis(port=free_port(), retry=no_retry)
-    runtime.app.tasks[TASK_LIQUIDATE].apply(args=[action("E")])
+    executor.client = redis.Redis(port=free_port(), retry=no_retry)
+    executor.app.tasks[TASK_LIQUIDATE].apply(args=[action("E", LIQUIDATE).to_message()])
     assert sample(registry, "marginwatch_action_retries_total", action="liquidate") == 5
     assert sample(registry, "marginwatch_action_failures_total", action="liquidate") == 1
     assert sample(registry, "marginwatch_action_failures_total", action="margin_call") == 0

@@ -25,16 +25,16 @@ from typing import Any
 import pytest
 import redis
 
-from marginwatch import keys
+from marginwatch.base import keys
+from marginwatch.base.settings import Settings
+from marginwatch.cli.embedded_redis import RedisServer
+from marginwatch.cli.status import account_report
 from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import Account, MarginMode, Position, PositionMode, PositionSide
-from marginwatch.redis_server import RedisServer
-from marginwatch.settings import Settings
+from marginwatch.runtime.celery_app import ACTIONS_QUEUE, MARGIN_CALLS_QUEUE
 from marginwatch.state.accounts import read_account, store_accounts
 from marginwatch.state.applier import apply_pending
-from marginwatch.status import account_report
 from tests.polling import wait_for
-from worker.celery_app import ACTIONS_QUEUE, MARGIN_CALLS_QUEUE
 
 D = Decimal
 CROSS, ISOLATED = MarginMode.CROSS, MarginMode.ISOLATED

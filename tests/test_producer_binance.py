@@ -13,14 +13,14 @@ import pytest
 import redis
 from websockets.asyncio.server import ServerConnection, serve
 
-from marginwatch import keys
-from marginwatch.contract import Tick, ticks_from_prices_hash
-from marginwatch.redis_server import free_port
-from producer.binance import ReconnectPolicy, binance_source, parse_frame
-from producer.publisher import Publisher
-from producer.run import ProducerStats, run_producer
-from producer.ticks import Batch, Malformed, RawTick
-from producer.validation import TickValidator
+from marginwatch.base import keys
+from marginwatch.base.ticks import Tick, ticks_from_prices_hash
+from marginwatch.cli.embedded_redis import free_port
+from marginwatch.producer.binance import ReconnectPolicy, binance_source, parse_frame
+from marginwatch.producer.publisher import Publisher
+from marginwatch.producer.run import ProducerStats, run_producer
+from marginwatch.producer.ticks import Batch, Malformed, RawTick
+from marginwatch.producer.validation import TickValidator
 from tests.polling import wait_for
 
 T0 = 1_700_000_000_000

@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import redis
 
-from marginwatch import keys
-from marginwatch.contract import Tick, newest_sequence, ticks_from_prices_hash
-from producer.publisher import Publisher, script_arguments
+from marginwatch.base import keys
+from marginwatch.base.ticks import Tick, newest_sequence, ticks_from_prices_hash
+from marginwatch.producer.publisher import Publisher, script_arguments
 
 T0 = 1_700_000_000_000
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from marginwatch import keys
-from marginwatch.contract import Tick, ticks_from_prices_hash
-from producer.publisher import Publisher
-from producer.replay import ReplayFileError, replay_source
-from producer.run import ProducerStats, run_producer
-from producer.ticks import Batch, RawTick, Source, wall_clock_ms
-from producer.validation import TickValidator
+from marginwatch.base import keys
+from marginwatch.base.ticks import Tick, ticks_from_prices_hash
+from marginwatch.producer.publisher import Publisher
+from marginwatch.producer.replay import ReplayFileError, replay_source
+from marginwatch.producer.run import ProducerStats, run_producer
+from marginwatch.producer.ticks import Batch, RawTick, Source, wall_clock_ms
+from marginwatch.producer.validation import TickValidator
 
 T0 = 1_700_000_000_000
 KNOWN = {"BTCUSDT", "ETHUSDT"}

@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 import redis
 
-from marginwatch import keys
-from marginwatch.contract import Tick, newest_sequence, ticks_from_prices_hash
-from marginwatch.redis_server import RedisServer, free_port
-from marginwatch.settings import Settings
-from producer import binance, cli
-from producer.pacing import paced_batches
-from producer.publisher import Publisher
-from producer.replay import replay_source
-from producer.run import SourceArgumentError, build_source, market_spec, run_producer
-from producer.scenarios import parse_scenario
-from producer.synthetic import MarketSpec, synthetic_source, synthetic_ticks
-from producer.validation import TickValidator
+from marginwatch.base import keys
+from marginwatch.base.settings import Settings
+from marginwatch.base.ticks import Tick, newest_sequence, ticks_from_prices_hash
+from marginwatch.cli.embedded_redis import RedisServer, free_port
+from marginwatch.producer import binance, cli
+from marginwatch.producer.pacing import paced_batches
+from marginwatch.producer.publisher import Publisher
+from marginwatch.producer.replay import replay_source
+from marginwatch.producer.run import SourceArgumentError, build_source, market_spec, run_producer
+from marginwatch.producer.scenarios import parse_scenario
+from marginwatch.producer.synthetic import MarketSpec, synthetic_source, synthetic_ticks
+from marginwatch.producer.validation import TickValidator
 
 T0 = 1_700_000_000_000
 KNOWN = {"BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "AAAUSDT", "ZZZUSDT"}
@@ -238,12 +238,12 @@ def test_producer_imports_only_the_contract_and_nothing_runs_at_import() -> None
     """Importing every producer module pulls in no engine, worker or Celery; the CLI module
     alone pulls in no Redis, websockets or numpy."""
     code = (
-        "import sys, producer.cli\n"
+        "import sys, marginwatch.producer.cli\n"
         "heavy = {'redis', 'websockets', 'numpy'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
-        "import producer.run, producer.binance, producer.replay, producer.synthetic\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in {'worker', 'celery'}"
-        " or m.startswith('marginwatch.engine')]\n"
+        "from marginwatch.producer import run, binance, replay, synthetic\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'celery'"
+        " or m.startswith(('marginwatch.engine', 'marginwatch.worker', 'marginwatch.executor'))]\n"
         "assert not bad, bad\n"
         "import threading; assert threading.active_count() == 1\n"
     )

@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from producer.scenarios import Scenario, ScenarioError, parse_scenario
-from producer.synthetic import MarketSpec, synthetic_source, synthetic_ticks
-from producer.ticks import RawTick
+from marginwatch.producer.scenarios import Scenario, ScenarioError, parse_scenario
+from marginwatch.producer.synthetic import MarketSpec, synthetic_source, synthetic_ticks
+from marginwatch.producer.ticks import RawTick
 
 T0 = 1_700_000_000_000
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "AAAUSDT", "BBBUSDT")

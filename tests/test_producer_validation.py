@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from marginwatch.contract import Tick
-from producer.ticks import RawTick
-from producer.validation import TickValidationError, TickValidator
+from marginwatch.base.ticks import Tick
+from marginwatch.producer.ticks import RawTick
+from marginwatch.producer.validation import TickValidationError, TickValidator
 
 NOW_MS = 1_700_000_000_000
 KNOWN = {"BTCUSDT", "ETHUSDT"}

@@ -64,11 +64,11 @@ import pytest
 import redis
 import yaml
 
-from marginwatch import keys
-from marginwatch.book_generator import generate_accounts
-from marginwatch.redis_server import RedisServer, free_port
+from marginwatch.base import keys
+from marginwatch.cli.book_generator import generate_accounts
+from marginwatch.cli.embedded_redis import RedisServer, free_port
+from marginwatch.producer.synthetic import MAJOR_START_PRICES
 from marginwatch.state.accounts import store_accounts
-from producer.synthetic import MAJOR_START_PRICES
 from tests.polling import wait_for
 from tests.prometheus_server import PrometheusServer, start_prometheus
 

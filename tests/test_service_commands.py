@@ -11,11 +11,11 @@ from pathlib import Path
 
 import redis
 
-from marginwatch import keys
-from marginwatch.redis_server import RedisServer
-from marginwatch.settings import Settings
-from worker.celery_app import make_celery
-from worker.daemons import supervised
+from marginwatch.base import keys
+from marginwatch.base.settings import Settings
+from marginwatch.cli.embedded_redis import RedisServer
+from marginwatch.runtime.celery_app import make_celery
+from marginwatch.runtime.process import supervised
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "snapshot.json"
 

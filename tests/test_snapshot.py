@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from marginwatch.snapshot import SnapshotError, parse_snapshot
+from marginwatch.base.snapshot import SnapshotError, parse_snapshot
 
 GOOD: dict[str, Any] = {
     "mark_prices": {"BTCUSDT": "50000", "ETHUSDT": 2500.5},

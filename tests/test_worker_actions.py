@@ -7,30 +7,33 @@ import hmac
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 import redis
 
-from marginwatch import keys
-from marginwatch.contract import Tick
+from marginwatch.base import keys
+from marginwatch.base.actions import Action, ActionKind
+from marginwatch.base.settings import Settings
+from marginwatch.base.ticks import Tick
 from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import Account, MarginMode, Position
-from marginwatch.settings import Settings
+from marginwatch.executor.liquidation import execute_liquidation
+from marginwatch.executor.margin_calls import execute_margin_calls, execute_resolution
+from marginwatch.executor.webhooks import SIGNATURE_HEADER, WebhookDeliveryError, deliver
+from marginwatch.producer.publisher import Publisher
 from marginwatch.state.accounts import read_account, store_accounts
-from producer.publisher import Publisher
-from worker.actions import execute_margin_call, execute_resolution
-from worker.liquidation import execute_liquidation
-from worker.webhooks import SIGNATURE_HEADER, WebhookDeliveryError, deliver
 
 D = Decimal
 SETTINGS = Settings(redis_url="unused", partitions=1, liquidation_fee_rate=D("0.001"))
 TABLES = dict(default_tables())
 ACCOUNT = Account("E", D(1265), (Position("BTCUSDT", D(1), D(50_000), 20, MarginMode.CROSS),))
-ACTION: dict[str, Any] = {"account_id": "E", "pool": "cross", "version": 1,
-                          "tick_sequence": 7, "tick_event_time_ms": 1_700_000_000_000}  # fmt: skip
+CALL = Action(ActionKind.MARGIN_CALL, "E", "cross", 1, 7, 1_700_000_000_000)
+RESOLUTION = replace(CALL, kind=ActionKind.MARGIN_CALL_RESOLVED)
+LIQUIDATION = replace(CALL, kind=ActionKind.LIQUIDATION)
 
 
 @pytest.fixture
@@ -47,31 +50,31 @@ def mark(client: redis.Redis, price: str, event_time_ms: int) -> None:
 def test_margin_call_event_is_binance_shaped_and_sent_once(stored: redis.Redis) -> None:
     """At 48,950 (ratio 0.911): one MARGIN_CALL with cw and the position; then duplicate."""
     mark(stored, "48950", 1)
-    outcome, event = execute_margin_call(stored, TABLES, SETTINGS, ACTION)
+    outcome, event = execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0]
     assert outcome == "sent"
     assert event is not None
     assert event["e"] == "MARGIN_CALL"
     assert event["cw"] == "1265"
     assert event["p"] == [{"s": "BTCUSDT", "ps": "BOTH", "pa": "1", "mt": "CROSSED", "iw": "0",
                            "mp": "48950", "up": "-1050", "mm": "195.8"}]  # fmt: skip
-    assert execute_margin_call(stored, TABLES, SETTINGS, ACTION) == ("duplicate", None)
+    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0] == ("duplicate", None)
     assert stored.xlen(keys.MARGIN_CALL_EVENTS) == 1
 
 
 def test_margin_call_not_confirmed_after_recovery(stored: redis.Redis) -> None:
     """At 49,500 the exact ratio is 198 / 765 = 0.26: nothing is sent."""
     mark(stored, "49500", 1)
-    assert execute_margin_call(stored, TABLES, SETTINGS, ACTION) == ("not_confirmed", None)
+    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0] == ("not_confirmed", None)
     assert stored.xlen(keys.MARGIN_CALL_EVENTS) == 0
 
 
 def test_resolution_ends_the_episode(stored: redis.Redis) -> None:
     """After a margin call, a ratio below 0.75 resolves it once."""
     mark(stored, "48950", 1)
-    execute_margin_call(stored, TABLES, SETTINGS, ACTION)
+    execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0]
     mark(stored, "49500", 2)
-    assert execute_resolution(stored, TABLES, SETTINGS, ACTION) == "sent"
-    assert execute_resolution(stored, TABLES, SETTINGS, ACTION) == "duplicate"
+    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "sent"
+    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "duplicate"
     kinds = [fields[b"kind"] for _id, fields in stored.xrange(keys.MARGIN_CALL_EVENTS)]
     assert kinds == [b"margin_call", b"resolved"]
 
@@ -80,8 +83,8 @@ def test_liquidation_executes_exactly_once(stored: redis.Redis) -> None:
     """At 48,700 the pool is bankrupt: closed once; a redelivered task changes nothing."""
     stored.set(keys.INSURANCE_FUND, "1000")
     mark(stored, "48700", 1)
-    assert execute_liquidation(stored, TABLES, SETTINGS, ACTION) == "liquidated"
-    assert execute_liquidation(stored, TABLES, SETTINGS, ACTION) == "duplicate"
+    assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "liquidated"
+    assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "duplicate"
     after = read_account(stored, "E")
     assert after is not None
     assert after.version == 2
@@ -95,7 +98,7 @@ def test_liquidation_executes_exactly_once(stored: redis.Redis) -> None:
 def test_liquidation_skipped_when_rescued(stored: redis.Redis) -> None:
     """A price back at 49,500 by execution time: skipped, recorded, account unchanged."""
     mark(stored, "49500", 1)
-    assert execute_liquidation(stored, TABLES, SETTINGS, ACTION) == "skipped"
+    assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "skipped"
     ((_id, fields),) = stored.xrange(keys.LIQUIDATIONS)
     assert fields[b"kind"] == b"skipped"
     assert fields[b"reason"].startswith(b"rescued")

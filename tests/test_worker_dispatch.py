@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import redis
 
-from marginwatch import keys
-from marginwatch.contract import Tick
-from worker.dispatch import Dispatcher
+from marginwatch.base import keys
+from marginwatch.base.ticks import Tick
+from marginwatch.worker.dispatch import Dispatcher
 
 
 class Enqueued(list[int]):

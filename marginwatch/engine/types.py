@@ -1,7 +1,7 @@
 """Domain types of the margin engine: brackets, positions, accounts, thresholds.
 
 Plain frozen dataclasses over ``Decimal``. They carry no I/O and no clock; validation of
-untrusted input happens at the edge (``marginwatch.snapshot``), and the invariants that the
+untrusted input happens at the edge (``marginwatch.base.snapshot``), and the invariants that the
 formulas rely on are checked here in ``__post_init__``.
 """
 
@@ -115,13 +115,18 @@ class Account:
     position_mode: PositionMode = PositionMode.ONE_WAY
 
 
+DEFAULT_WARNING_RATIO = Decimal("0.7")
+DEFAULT_MARGIN_CALL_RATIO = Decimal("0.8")
+LIQUIDATION_RATIO = Decimal("1")
+
+
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     """Margin-ratio thresholds of the statuses; ``ok`` below ``warning_ratio``."""
 
-    warning_ratio: Decimal = Decimal("0.7")
-    margin_call_ratio: Decimal = Decimal("0.8")
-    liquidation_ratio: Decimal = Decimal("1")
+    warning_ratio: Decimal = DEFAULT_WARNING_RATIO
+    margin_call_ratio: Decimal = DEFAULT_MARGIN_CALL_RATIO
+    liquidation_ratio: Decimal = LIQUIDATION_RATIO
 
     def __post_init__(self) -> None:
         if not 0 < self.warning_ratio <= self.margin_call_ratio <= self.liquidation_ratio:

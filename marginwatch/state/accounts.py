@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import redis
 from redis.client import Pipeline
 
-from marginwatch import keys
+from marginwatch.base import keys
+from marginwatch.base.snapshot import AccountModel
 from marginwatch.engine.types import Account
-from marginwatch.snapshot import AccountModel
 
 CHANGES_MAXLEN = 1_000_000
 READ_CHUNK = 2_000

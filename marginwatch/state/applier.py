@@ -1,7 +1,7 @@
 """The account-events applier: the trading core's stream applied to the stored accounts, in order.
 
 The trading core appends entries with one field ``event`` (the event JSON, see
-``marginwatch.state.events``) to ``keys.ACCOUNT_EVENTS``. The applier reads them through the
+``marginwatch.events.rules``) to ``keys.ACCOUNT_EVENTS``. The applier reads them through the
 consumer group ``keys.ACCOUNT_EVENTS_GROUP`` (created at id 0 with MKSTREAM when missing) and,
 for each entry in stream order, in one ``WATCH``/``MULTI`` transaction on the account
 (``update_account_watching``, which also watches the entry's idempotency key):
@@ -41,17 +41,12 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from marginwatch import keys
-from marginwatch.contract import ticks_from_prices_hash
+from marginwatch.base import keys
+from marginwatch.base.ticks import ticks_from_prices_hash
 from marginwatch.engine.brackets import BracketTable
+from marginwatch.events.models import AccountEvent, EventRejectedError, parse_event
+from marginwatch.events.rules import apply_event, require_account
 from marginwatch.state.accounts import StoredAccount, update_account_watching, write_account
-from marginwatch.state.events import (
-    AccountEvent,
-    EventRejectedError,
-    apply_event,
-    parse_event,
-    require_account,
-)
 
 log = logging.getLogger("marginwatch.applier")
 

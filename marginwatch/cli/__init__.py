@@ -1,0 +1,1 @@
+"""The ``marginwatch`` command line (``main``): the commands, ``status`` and the demo."""

@@ -1,0 +1,144 @@
+"""The ``marginwatch`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from marginwatch.base.exits import EXIT_INVALID_INPUT, EXIT_OK
+from marginwatch.base.report import ReportModel, render_report
+from marginwatch.base.snapshot import SnapshotError, SnapshotModel, parse_snapshot
+from marginwatch.engine.brackets import BracketTableError, load_bracket_file
+from marginwatch.engine.exact import evaluate_account
+from marginwatch.engine.types import (
+    DEFAULT_MARGIN_CALL_RATIO,
+    DEFAULT_WARNING_RATIO,
+    Thresholds,
+    Venue,
+)
+from marginwatch.producer.cli import add_arguments as add_producer_arguments
+from marginwatch.producer.cli import positive_decimal
+
+# The demo's defaults (``marginwatch.cli.demo`` imports Redis: not loaded for ``evaluate``).
+DEMO_ACCOUNTS = 2_000
+DEMO_METRICS_PORT_BASE = 9101
+
+
+class InputError(Exception):
+    """Invalid user input: reported as one line on stderr with exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marginwatch", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    evaluate = commands.add_parser("evaluate", help="evaluate a snapshot, print a JSON report")
+    evaluate.add_argument("snapshot", help="snapshot JSON file, or - for stdin")
+    evaluate.add_argument("--venue", choices=[venue.value for venue in Venue])
+    evaluate.add_argument("--warning-ratio", type=positive_decimal, default=DEFAULT_WARNING_RATIO)
+    evaluate.add_argument(
+        "--margin-call-ratio", type=positive_decimal, default=DEFAULT_MARGIN_CALL_RATIO
+    )
+    evaluate.add_argument("--brackets", help="leverageBracket JSON file replacing the defaults")
+    schema = commands.add_parser("schema", help="print the JSON Schema of a document")
+    schema.add_argument("document", choices=["snapshot", "report"])
+    accounts = commands.add_parser("accounts", help="manage the accounts held in Redis")
+    accounts_commands = accounts.add_subparsers(dest="accounts_command", required=True)
+    load = accounts_commands.add_parser("load", help="store a snapshot's accounts in Redis")
+    load.add_argument("snapshot", help="snapshot JSON file, or - for stdin")
+    worker = commands.add_parser("worker", help="run a partition worker")
+    worker.add_argument("--partitions", required=True, help='e.g. "0-7" or "0,2,4"')
+    worker.add_argument("--loglevel", default="INFO")
+    executor = commands.add_parser("executor", help="run the action executor")
+    executor.add_argument("--loglevel", default="INFO")
+    executor.add_argument(
+        "--queues",
+        default="actions,webhooks",
+        help="what to consume: actions (with the account-events applier), webhooks, or both",
+    )
+    producer = commands.add_parser("producer", help="publish mark-price ticks")
+    add_producer_arguments(producer)
+    status = commands.add_parser("status", help="live ratios and liquidation prices")
+    status.add_argument("account", nargs="?", help="one account (default: the riskiest)")
+    demo = commands.add_parser("demo", help="run the whole system on this machine")
+    demo.add_argument("--accounts", type=int, default=DEMO_ACCOUNTS)
+    demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
+    demo.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=DEMO_METRICS_PORT_BASE,
+        help="the children serve metrics on this port and the next three (0: none)",
+    )
+    return parser
+
+
+def _read(path: str, stdin: TextIO) -> str:
+    if path == "-":
+        return stdin.read()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise InputError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def _thresholds(args: argparse.Namespace) -> Thresholds:
+    try:
+        return Thresholds(args.warning_ratio, args.margin_call_ratio)
+    except ValueError as error:
+        raise InputError(f"--warning-ratio/--margin-call-ratio: {error}") from None
+
+
+def run_evaluate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
+    """``marginwatch evaluate``: snapshot in, report out."""
+    thresholds = _thresholds(args)
+    try:
+        base = load_bracket_file(args.brackets) if args.brackets else None
+        snapshot = parse_snapshot(_read(args.snapshot, stdin), base)
+    except (SnapshotError, BracketTableError) as error:
+        raise InputError(str(error)) from None
+    except OSError as error:
+        raise InputError(f"{args.brackets}: cannot read ({error.strerror})") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{args.brackets}: not valid JSON ({error})") from None
+    venue = Venue(args.venue) if args.venue else snapshot.venue
+    reports = [
+        evaluate_account(account, snapshot.mark_prices, snapshot.tables, thresholds, venue)
+        for account in snapshot.accounts
+    ]
+    stdout.write(render_report(reports).model_dump_json(indent=2) + "\n")
+
+
+def run_schema(args: argparse.Namespace, stdout: TextIO) -> None:
+    """``marginwatch schema``: the JSON Schema generated from the models."""
+    model = SnapshotModel if args.document == "snapshot" else ReportModel
+    stdout.write(json.dumps(model.model_json_schema(), indent=2) + "\n")
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    """The commands that talk to Redis; imported here to keep ``evaluate`` light."""
+    from marginwatch.cli.services import run  # noqa: PLC0415 (Redis and Celery only when needed)
+
+    return run(args, sys.stdin, sys.stdout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "evaluate":
+            run_evaluate(args, sys.stdin, sys.stdout)
+        elif args.command == "schema":
+            run_schema(args, sys.stdout)
+        else:
+            return _run_service(args)
+    except InputError as error:
+        print(f"marginwatch: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

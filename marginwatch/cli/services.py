@@ -1,0 +1,71 @@
+"""The commands that talk to Redis: ``accounts load``, ``worker``, ``executor``, ``producer``,
+``status`` and ``demo``. Settings are read here, once per command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TextIO
+
+import redis
+
+from marginwatch.base.exits import EXIT_INVALID_INPUT, EXIT_OK
+from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
+from marginwatch.base.snapshot import SnapshotError, parse_snapshot
+from marginwatch.state.accounts import PartitionCountMismatchError, store_accounts
+
+
+def run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
+    """Run one service command; configuration problems exit 2 with one line on stderr."""
+    settings = Settings()
+    try:
+        return _dispatch(args, settings, stdin, stdout)
+    except (ConfigurationError, PartitionCountMismatchError, SnapshotError) as error:
+        print(f"marginwatch: {error}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
+    """Each daemon's package is imported only by its own command (hence the local imports)."""
+    command = args.command
+    if command == "accounts":
+        return load_accounts(settings, args.snapshot, stdin, stdout)
+    if command == "worker":
+        from marginwatch.worker.daemon import run_worker  # noqa: PLC0415 (only this command)
+
+        run_worker(settings, args.partitions, args.loglevel)
+    elif command == "executor":
+        from marginwatch.executor.daemon import parse_queues, run_executor  # noqa: PLC0415 (only this command)
+
+        run_executor(settings, parse_queues(args.queues), args.loglevel)
+    elif command == "producer":
+        from marginwatch.producer.cli import run as run_producer  # noqa: PLC0415 (only this command)
+
+        return run_producer(args, settings, set(bracket_tables(settings)))
+    elif command == "status":
+        from marginwatch.cli.status import print_status  # noqa: PLC0415 (only this command)
+
+        return print_status(settings, args.account, stdout)
+    elif command == "demo":
+        from marginwatch.cli.demo import run_demo  # noqa: PLC0415 (only this command)
+
+        return run_demo(settings, args.accounts, args.duration, stdout, args.metrics_port_base)
+    return EXIT_OK
+
+
+def load_accounts(settings: Settings, path: str, stdin: TextIO, stdout: TextIO) -> int:
+    """``marginwatch accounts load``: validate, then store atomically per account."""
+    text = stdin.read() if path == "-" else _read(path)
+    snapshot = parse_snapshot(text, bracket_tables(settings))
+    client = redis.Redis.from_url(redis_url(settings))
+    count = store_accounts(client, snapshot.accounts, settings.partitions)
+    stdout.write(f"stored {count} accounts in {settings.partitions} partitions\n")
+    return EXIT_OK
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as error:
+        raise ConfigurationError(f"{path}: cannot read ({error.strerror})") from None

@@ -1,0 +1,105 @@
+"""Feeding the executor's metrics (``marginwatch.base.metrics``) from what the actions return.
+
+The task wrappers in ``marginwatch.executor.tasks`` hand outcomes here. Celery's ``task_retry``
+and ``task_failure`` signals count retries and final failures of the action and webhook tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.signals import task_failure, task_retry
+
+from marginwatch.base import keys
+from marginwatch.base.actions import Action
+from marginwatch.base.metrics import ExecutorMetrics
+from marginwatch.base.pools import margin_mode_of
+from marginwatch.executor.liquidation import LiquidationOutcome
+from marginwatch.runtime.celery_app import KIND_OF_TASK, TASK_DELIVER_WEBHOOK
+from marginwatch.runtime.observe import age_seconds
+from marginwatch.state.applier import AppliedCounts
+
+
+def observe_latency(metrics: ExecutorMetrics, action: Action) -> None:
+    """Tick-to-action latency of an action whose event was just written."""
+    if action.tick_event_time_ms > 0:
+        latency = age_seconds(time.time(), action.tick_event_time_ms)
+        metrics.tick_to_action_latency.labels(action.kind.value).observe(latency)
+
+
+def observe_margin_call(metrics: ExecutorMetrics, action: Action, outcome: str) -> None:
+    if outcome == "sent":
+        metrics.margin_calls.labels(margin_mode_of(action.pool).value).inc()
+        observe_latency(metrics, action)
+
+
+def observe_resolution(metrics: ExecutorMetrics, action: Action, outcome: str) -> None:
+    if outcome == "sent":
+        metrics.margin_call_resolutions.labels(margin_mode_of(action.pool).value).inc()
+        observe_latency(metrics, action)
+
+
+def observe_liquidation(
+    metrics: ExecutorMetrics, action: Action, outcome: LiquidationOutcome
+) -> None:
+    """Liquidations and their notional, skips by reason."""
+    if outcome.skip_reason is not None:
+        metrics.liquidations_skipped.labels(outcome.skip_reason).inc()
+    if outcome.result != "liquidated":
+        return
+    metrics.liquidations.labels(margin_mode_of(action.pool).value).inc()
+    for closed in outcome.closed:
+        notional = abs(closed.position.quantity) * closed.mark_price
+        metrics.liquidated_notional.labels(closed.position.symbol).inc(float(notional))
+    observe_latency(metrics, action)
+
+
+def observe_applied(metrics: ExecutorMetrics, counts: AppliedCounts) -> None:
+    """The applier's ``on_step`` hook: account events by outcome."""
+    metrics.account_events.labels("accepted").inc(counts.accepted)
+    metrics.account_events.labels("rejected").inc(counts.rejected)
+    metrics.account_events.labels("duplicate").inc(counts.duplicates)
+
+
+def insurance_fund_reader(client: redis.Redis) -> Callable[[], float | None]:
+    """Reads the insurance fund for a scrape (0 when unset; ``None`` when Redis fails)."""
+
+    def read() -> float | None:
+        try:
+            stored = client.get(keys.INSURANCE_FUND)
+        except redis.RedisError:
+            return None
+        return float(Decimal(stored.decode())) if isinstance(stored, bytes) else 0.0
+
+    return read
+
+
+def connect_task_signals(app: Celery, metrics: Callable[[], ExecutorMetrics]) -> None:
+    """Count retries and final failures of ``app``'s action and webhook tasks.
+
+    ``metrics`` is called at each signal, so the daemon may set its metrics after this.
+    """
+
+    def handler(kind: str) -> Callable[..., None]:
+        def count(sender: Any = None, **_: Any) -> None:
+            if getattr(sender, "app", None) is app:
+                count_task_signal(metrics(), sender.name, kind)
+
+        return count
+
+    task_retry.connect(handler("retry"), weak=False)
+    task_failure.connect(handler("failure"), weak=False)
+
+
+def count_task_signal(metrics: ExecutorMetrics, task: str, kind: str) -> None:
+    """A ``retry`` or ``failure`` of ``task``: action retries/failures, webhook results."""
+    if task in KIND_OF_TASK:
+        counter = metrics.action_retries if kind == "retry" else metrics.action_failures
+        counter.labels(KIND_OF_TASK[task].value).inc()
+    elif task == TASK_DELIVER_WEBHOOK:
+        metrics.webhook_deliveries.labels("retried" if kind == "retry" else "failed").inc()

@@ -1,0 +1,205 @@
+"""The executor's actions, as plain functions: margin calls, their resolution, liquidations.
+
+Each action re-reads the account and the newest marks and re-checks with the exact path; what
+it finds decides. Each is idempotent: a redelivered or duplicated task changes nothing twice.
+
+* Margin call: once per episode (``keys.episode`` set with NX), a Binance-shaped
+  ``MARGIN_CALL`` event on ``keys.MARGIN_CALL_EVENTS``, both in one script.
+* Resolution: the episode ends (key deleted) when the ratio is below the re-arm level; a
+  ``resolved`` event, in the same script.
+* Liquidation: see ``liquidation.py``.
+
+The episode key and its event change together or not at all, in one script (a crash between
+them would lose the event, or record one twice).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import redis
+
+from marginwatch.base import keys
+from marginwatch.base.actions import Action
+from marginwatch.base.pools import CROSS_POOL, pool_of
+from marginwatch.base.report import decimal_string
+from marginwatch.base.settings import Settings
+from marginwatch.engine.brackets import BracketTable
+from marginwatch.engine.exact import AccountReport, PoolReport, PositionReport, evaluate_account
+from marginwatch.state.accounts import StoredAccount, read_account, read_accounts
+from marginwatch.state.prices import read_ticks_of
+
+EVENTS_MAXLEN = 1_000_000
+EPISODE_TTL_SECONDS = 30 * 24 * 3600
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def evaluate_stored(
+    client: redis.Redis,
+    stored: StoredAccount,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+) -> AccountReport | None:
+    """The account's exact report at the newest marks (``None`` if a mark is missing)."""
+    symbols = [position.symbol for position in stored.account.positions]
+    marks = {symbol: tick.mark_price for symbol, tick in read_ticks_of(client, symbols).items()}
+    if any(position.symbol not in marks for position in stored.account.positions):
+        return None
+    return evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue)
+
+
+def margin_call_event(
+    report: AccountReport, pool: str, members: list[PositionReport], event_time_ms: int
+) -> dict[str, Any]:
+    """Binance's ``MARGIN_CALL`` shape (reference §4.1); ``cw`` only for the cross pool."""
+    event: dict[str, Any] = {"e": "MARGIN_CALL", "E": event_time_ms}
+    if pool == CROSS_POOL:
+        event["cw"] = decimal_string(report.account.cross_wallet_balance)
+    event["p"] = [_margin_call_position(member) for member in members]
+    return event
+
+
+def _margin_call_position(member: PositionReport) -> dict[str, Any]:
+    position = member.position
+    return {
+        "s": position.symbol,
+        "ps": position.position_side.value,
+        "pa": decimal_string(position.quantity),
+        "mt": "ISOLATED" if position.is_isolated else "CROSSED",
+        "iw": decimal_string(position.isolated_wallet or Decimal(0)),
+        "mp": decimal_string(member.mark_price),
+        "up": decimal_string(member.unrealized_pnl),
+        "mm": decimal_string(member.maintenance_margin),
+    }
+
+
+def execute_margin_calls(
+    client: redis.Redis,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+    batch: list[Action],
+) -> list[tuple[str, dict[str, Any] | None]]:
+    """Emit a MARGIN_CALL once per episode for every action of ``batch`` whose exact ratio
+    still calls for it, in three round trips whatever its size: the accounts (pipelined), their
+    marks (one HMGET), and the episode scripts (pipelined). Returns each action's outcome
+    (``sent``, ``duplicate``, ``not_confirmed`` or ``gone``) and the event emitted, in order."""
+    accounts = read_accounts(client, sorted({action.account_id for action in batch}))
+    symbols = {p.symbol for stored in accounts.values() for p in stored.account.positions}
+    marks = {s: tick.mark_price for s, tick in read_ticks_of(client, symbols).items()}
+    found = [_pool_at(accounts.get(a.account_id), a.pool, marks, tables, settings)
+             for a in batch]  # fmt: skip
+    results: list[tuple[str, dict[str, Any] | None]] = [
+        ("gone", None) if f is None else ("not_confirmed", None) for f in found
+    ]
+    confirmed = {i: f for i, f in enumerate(found) if f is not None and _calls(f[1], settings)}
+    events = {
+        i: margin_call_event(report, batch[i].pool, members, now_ms())
+        for i, (report, _pool, members) in confirmed.items()
+    }
+    pipe = client.pipeline(transaction=False)
+    for i, (_report, pool, _members) in confirmed.items():
+        fields = _fields("margin_call", batch[i], pool, events[i])
+        episode = keys.episode(batch[i].account_id, batch[i].pool)
+        pipe.eval(_START_EPISODE, 2, episode, keys.MARGIN_CALL_EVENTS, batch[i].tick_sequence,
+                  EPISODE_TTL_SECONDS, EVENTS_MAXLEN, *_flat(fields))  # fmt: skip
+    for i, started in zip(confirmed, pipe.execute(), strict=True):
+        results[i] = ("sent", events[i]) if started else ("duplicate", None)
+    return results
+
+
+def _calls(pool: PoolReport, settings: Settings) -> bool:
+    """Whether the pool's exact ratio still calls for a margin call."""
+    return pool.margin_ratio is None or pool.margin_ratio >= settings.margin_call_ratio
+
+
+def _pool_at(
+    stored: StoredAccount | None,
+    pool: str,
+    marks: Mapping[str, Decimal],
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+) -> tuple[AccountReport, PoolReport, list[PositionReport]] | None:
+    """The pool's exact figures at ``marks``; ``None`` if the account, a mark or the pool is
+    missing."""
+    if stored is None or any(p.symbol not in marks for p in stored.account.positions):
+        return None
+    report = evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue)
+    found = pool_of(report, pool)
+    return None if found is None else (report, found[0], found[1])
+
+
+def execute_resolution(
+    client: redis.Redis,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+    action: Action,
+) -> str:
+    """End the episode (and say so) if the exact ratio is below the re-arm level."""
+    found = _current_pool(client, tables, settings, action)
+    if found is not None:
+        _report, pool, _members = found
+        if pool.margin_ratio is None or pool.margin_ratio >= settings.rearm_below:
+            return "not_confirmed"
+    event = {"e": "MARGIN_CALL_RESOLVED", "E": now_ms()}
+    fields = _fields("resolved", action, None if found is None else found[1], event)
+    episode = keys.episode(action.account_id, action.pool)
+    ended = client.eval(_END_EPISODE, 2, episode, keys.MARGIN_CALL_EVENTS, EVENTS_MAXLEN,
+                        *_flat(fields))  # fmt: skip
+    return "sent" if ended else "duplicate"
+
+
+def _current_pool(
+    client: redis.Redis,
+    tables: Mapping[str, BracketTable],
+    settings: Settings,
+    action: Action,
+) -> tuple[AccountReport, PoolReport, list[PositionReport]] | None:
+    stored = read_account(client, action.account_id)
+    report = None if stored is None else evaluate_stored(client, stored, tables, settings)
+    found = None if report is None else pool_of(report, action.pool)
+    if report is None or found is None:
+        return None
+    return report, found[0], found[1]
+
+
+# KEYS: episode key, event stream.
+# ARGV (start): tick sequence, TTL seconds, stream max length, field, value, ...
+_START_EPISODE = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+return 1
+"""
+# ARGV (end): stream max length, field, value, ...
+_END_EPISODE = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+return 1
+"""
+
+
+def _fields(
+    kind: str, action: Action, pool: PoolReport | None, event: dict[str, Any]
+) -> dict[str, str | int]:
+    """The stream entry of a margin-call event: the action, the ratio, the Binance event."""
+    ratio = None if pool is None else decimal_string(pool.margin_ratio)
+    return {
+        "kind": kind,
+        "account_id": action.account_id,
+        "pool": action.pool,
+        "margin_ratio": ratio or "",
+        "event": json.dumps(event),
+        "tick_sequence": action.tick_sequence,
+        "tick_event_time_ms": action.tick_event_time_ms,
+        "emitted_ms": event["E"],
+    }
+
+
+def _flat(fields: dict[str, str | int]) -> list[str | int]:
+    return [item for pair in fields.items() for item in pair]

@@ -1,0 +1,101 @@
+"""The executor's Celery tasks: each a few lines parsing its action message and handing this
+process's resources to a plain function, then observing the outcome."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from prometheus_client import CollectorRegistry
+
+from marginwatch.base.actions import Action
+from marginwatch.base.metrics import ExecutorMetrics
+from marginwatch.executor import instrumentation, liquidation, margin_calls, webhooks
+from marginwatch.runtime.celery_app import (
+    TASK_DELIVER_WEBHOOK,
+    TASK_LIQUIDATE,
+    TASK_MARGIN_CALL_RESOLVED,
+    TASK_MARGIN_CALLS,
+    send_webhook,
+)
+from marginwatch.runtime.observe import REDIS_ERRORS, counting_redis_errors
+from marginwatch.runtime.process import Runtime
+
+# shared=False: a task belongs to its own app only (Celery would add it to every app created
+# later in the process, bound to this runtime).
+RETRY = {"autoretry_for": REDIS_ERRORS, "retry_backoff": True, "retry_backoff_max": 30,
+         "max_retries": 5, "shared": False}  # fmt: skip
+
+
+def _unserved_metrics() -> ExecutorMetrics:
+    return ExecutorMetrics(CollectorRegistry())
+
+
+@dataclass
+class ExecutorRuntime(Runtime):
+    """An executor's process: its metrics (on a private registry unless the daemon serves
+    them)."""
+
+    metrics: ExecutorMetrics = field(default_factory=_unserved_metrics)
+
+
+def run_margin_calls(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]:
+    """Margin calls of one evaluation, then one webhook delivery task per event and URL."""
+    with counting_redis_errors(runtime.metrics.redis_errors):
+        results = margin_calls.execute_margin_calls(runtime.client, runtime.tables,
+                                                    runtime.settings, batch)  # fmt: skip
+    for action, (outcome, event) in zip(batch, results, strict=True):
+        instrumentation.observe_margin_call(runtime.metrics, action, outcome)
+        for url in runtime.settings.webhook_urls if event is not None else ():
+            send_webhook(runtime.app, url, json.dumps(event))
+    return [outcome for outcome, _event in results]
+
+
+def run_resolution(runtime: ExecutorRuntime, action: Action) -> str:
+    """End a margin-call episode if the exact ratio says so."""
+    with counting_redis_errors(runtime.metrics.redis_errors):
+        outcome = margin_calls.execute_resolution(runtime.client, runtime.tables,
+                                                  runtime.settings, action)  # fmt: skip
+    instrumentation.observe_resolution(runtime.metrics, action, outcome)
+    return outcome
+
+
+def run_liquidation(runtime: ExecutorRuntime, action: Action) -> str:
+    """Liquidate the pool if the exact path still says so."""
+    with counting_redis_errors(runtime.metrics.redis_errors):
+        outcome = liquidation.liquidate(runtime.client, runtime.tables, runtime.settings, action)
+    instrumentation.observe_liquidation(runtime.metrics, action, outcome)
+    return outcome.result
+
+
+def run_webhook(runtime: ExecutorRuntime, url: str, body: str) -> int:
+    """Deliver one event (a failure raises; the task retries it)."""
+    status = webhooks.deliver(url, body.encode(), runtime.settings.webhook_secret)
+    runtime.metrics.webhook_deliveries.labels("delivered").inc()
+    return status
+
+
+def register_tasks(app: Celery, runtime: ExecutorRuntime) -> None:
+    """Define the action and webhook tasks on ``app``, bound to ``runtime``; count their
+    retries and failures."""
+    instrumentation.connect_task_signals(app, lambda: runtime.metrics)
+
+    @app.task(name=TASK_MARGIN_CALLS, **RETRY)
+    def margin_calls_found(messages: list[dict[str, Any]]) -> list[str]:
+        return run_margin_calls(runtime, [Action.from_message(m) for m in messages])
+
+    @app.task(name=TASK_MARGIN_CALL_RESOLVED, **RETRY)
+    def margin_call_resolved(message: dict[str, Any]) -> str:
+        return run_resolution(runtime, Action.from_message(message))
+
+    @app.task(name=TASK_LIQUIDATE, **RETRY)
+    def liquidate(message: dict[str, Any]) -> str:
+        return run_liquidation(runtime, Action.from_message(message))
+
+    @app.task(name=TASK_DELIVER_WEBHOOK, autoretry_for=(webhooks.WebhookDeliveryError,),
+              retry_backoff=True, retry_backoff_max=60, shared=False,
+              max_retries=runtime.settings.webhook_max_attempts - 1)  # fmt: skip
+    def deliver_webhook(url: str, body: str) -> int:
+        return run_webhook(runtime, url, body)

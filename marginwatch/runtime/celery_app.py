@@ -1,0 +1,103 @@
+"""The Celery application, configured for money; the names of every task and queue; and the
+one mapping between an action's kind and the task that carries it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery import Celery
+
+from marginwatch.base.actions import Action, ActionKind
+from marginwatch.base.settings import Settings
+
+TASK_EVALUATE_PARTITION = "marginwatch.evaluate_partition"
+# Every margin call one evaluation found, in one message (a list of margin-call actions).
+TASK_MARGIN_CALLS = "marginwatch.margin_calls"
+TASK_MARGIN_CALL_RESOLVED = "marginwatch.margin_call_resolved"
+TASK_LIQUIDATE = "marginwatch.liquidate"
+TASK_DELIVER_WEBHOOK = "marginwatch.deliver_webhook"
+
+ACTIONS_QUEUE = "marginwatch.actions"
+# Margin calls and their resolutions: cheap, latency-bound; the executor drains this queue
+# before it takes a liquidation (see ``consume_in_listed_order``).
+MARGIN_CALLS_QUEUE = "marginwatch.margin-calls"
+WEBHOOKS_QUEUE = "marginwatch.webhooks"
+_PARTITION_QUEUE = "marginwatch.partition.{partition}"
+
+TASK_OF_KIND = {
+    ActionKind.MARGIN_CALL: TASK_MARGIN_CALLS,
+    ActionKind.MARGIN_CALL_RESOLVED: TASK_MARGIN_CALL_RESOLVED,
+    ActionKind.LIQUIDATION: TASK_LIQUIDATE,
+}
+KIND_OF_TASK = {task: kind for kind, task in TASK_OF_KIND.items()}
+QUEUE_OF_TASK = {
+    TASK_MARGIN_CALLS: MARGIN_CALLS_QUEUE,
+    TASK_MARGIN_CALL_RESOLVED: MARGIN_CALLS_QUEUE,
+    TASK_LIQUIDATE: ACTIONS_QUEUE,
+    TASK_DELIVER_WEBHOOK: WEBHOOKS_QUEUE,
+}
+
+# Longer than any task may run (the hard time limit), so an unacknowledged task is redelivered
+# only after its worker is really gone.
+VISIBILITY_MARGIN_SECONDS = 300
+
+
+def partition_queue(partition: int) -> str:
+    return _PARTITION_QUEUE.format(partition=partition)
+
+
+def make_celery(settings: Settings, broker_url: str) -> Celery:
+    """JSON only; late acks with requeue on worker loss; prefetch 1; time limits."""
+    app = Celery("marginwatch", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_seconds,
+        task_soft_time_limit=max(1, settings.task_time_limit_seconds - 5),
+        broker_transport_options={
+            "visibility_timeout": settings.task_time_limit_seconds + VISIBILITY_MARGIN_SECONDS
+        },
+        broker_connection_retry_on_startup=True,
+        task_default_queue=ACTIONS_QUEUE,
+        task_routes={task: {"queue": queue} for task, queue in QUEUE_OF_TASK.items()},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+def send_actions(app: Celery, actions: Sequence[Action]) -> None:
+    """Send one evaluation's actions: every margin call in one message first, then each
+    resolution and liquidation (the executor drains margin calls first, so a pool's margin
+    call still precedes its liquidation)."""
+    calls = [a.to_message() for a in actions if a.kind is ActionKind.MARGIN_CALL]
+    if calls:
+        app.send_task(TASK_MARGIN_CALLS, args=[calls], queue=MARGIN_CALLS_QUEUE)
+    for action in actions:
+        if action.kind is not ActionKind.MARGIN_CALL:
+            task = TASK_OF_KIND[action.kind]
+            app.send_task(task, args=[action.to_message()], queue=QUEUE_OF_TASK[task])
+
+
+def send_evaluation(app: Celery, partition: int) -> None:
+    """Queue one evaluation of ``partition`` on its own queue."""
+    app.send_task(TASK_EVALUATE_PARTITION, args=[partition], queue=partition_queue(partition))
+
+
+def send_webhook(app: Celery, url: str, body: str) -> None:
+    """Queue one webhook delivery."""
+    app.send_task(TASK_DELIVER_WEBHOOK, args=[url, body], queue=WEBHOOKS_QUEUE)
+
+
+def consume_in_listed_order(app: Celery) -> None:
+    """BRPOP the queues in the order given to ``-Q`` (kombu's ``priority`` strategy) instead of
+    round robin: the executor takes every queued margin call before the next liquidation.
+    Partition workers keep round robin (a fixed order would starve their later partitions)."""
+    options = dict(app.conf.broker_transport_options)
+    options["queue_order_strategy"] = "priority"
+    app.conf.broker_transport_options = options

@@ -1,0 +1,127 @@
+"""What one worker or executor process holds, and how a daemon runs: Redis, the Celery app,
+the bracket tables, its metrics served, a supervised helper thread, Celery's solo pool.
+
+Each daemon runs a Celery worker with the solo pool (one task at a time in the main thread, so
+the in-memory partition books need no locks and metrics need no multiprocess mode) and a helper
+thread: the dispatcher for a partition worker, the account-events applier for the executor.
+With ``MARGINWATCH_METRICS_PORT`` set, each serves its own Prometheus registry on that port
+(docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+from prometheus_client import CollectorRegistry
+
+from marginwatch.base.metrics import metrics_url, serve_metrics
+from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
+from marginwatch.engine.brackets import BracketTable
+from marginwatch.runtime.celery_app import make_celery
+from marginwatch.state.accounts import ensure_partition_count
+
+log = logging.getLogger("marginwatch")
+
+HELPER_RESTART_MAX_SECONDS = 30.0
+
+
+@dataclass
+class Runtime:
+    """Settings, Redis, the bracket tables and the Celery app of one daemon process."""
+
+    settings: Settings
+    client: redis.Redis
+    tables: dict[str, BracketTable]
+    app: Celery
+
+
+def connect(settings: Settings, loglevel: str) -> Runtime:
+    """Redis (checked for the deployment's P), the Celery app (its logging set up now, so
+    start-up lines are logged) and the bracket tables."""
+    url = redis_url(settings)
+    client = redis.Redis.from_url(url)
+    ensure_partition_count(client, settings.partitions)
+    app = make_celery(settings, url)
+    app.log.setup_logging_subsystem(loglevel=loglevel)
+    return Runtime(settings, client, bracket_tables(settings), app)
+
+
+def parse_partitions(spec: str, partition_count: int) -> list[int]:
+    """``"0-7"``, ``"1,3,5"`` or ``"2"`` into partition numbers, each below ``partition_count``."""
+    chosen: set[int] = set()
+    try:
+        for part in spec.split(","):
+            low, _, high = part.strip().partition("-")
+            chosen.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ConfigurationError(f"--partitions: not a list of ranges: {spec!r}") from None
+    outside = sorted(p for p in chosen if not 0 <= p < partition_count)
+    if not chosen or outside:
+        raise ConfigurationError(
+            f"--partitions: {outside or spec} not within 0-{partition_count - 1} "
+            f"(MARGINWATCH_PARTITIONS={partition_count})"
+        )
+    return sorted(chosen)
+
+
+@contextmanager
+def metrics_served(settings: Settings, registry: CollectorRegistry) -> Iterator[str | None]:
+    """Serve ``registry`` on ``settings.metrics_port`` (if set) while inside; yields the URL."""
+    try:
+        server = serve_metrics(registry, settings.metrics_port)
+    except OSError as error:
+        raise ConfigurationError(
+            f"MARGINWATCH_METRICS_PORT={settings.metrics_port}: cannot listen ({error.strerror})"
+        ) from None
+    if server is None:
+        yield None
+        return
+    url = metrics_url(server)
+    log.info("serving metrics on %s", url)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_celery(app: Celery, queues: Sequence[str], name: str, loglevel: str) -> None:
+    """Consume ``queues`` with the solo pool until stopped."""
+    app.worker_main(
+        ["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}",
+         "-Q", ",".join(queues), "-n", f"{name}@{socket.gethostname()}",
+         "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    )  # fmt: skip
+
+
+def supervised(target: Callable[[threading.Event], None], stop: threading.Event) -> None:
+    """Run ``target`` until ``stop``; a Redis error restarts it after a backoff (0.5 s doubling
+    to 30 s), so the helper thread never dies while the Celery worker carries on without it."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            target(stop)
+            return
+        except redis.RedisError:
+            log.exception("helper thread lost Redis; restarting in %.1f s", delay)
+            stop.wait(delay)
+            delay = min(delay * 2, HELPER_RESTART_MAX_SECONDS)
+
+
+def with_thread(target: Callable[[threading.Event], None], body: Callable[[], None]) -> None:
+    """Run ``body`` with ``target`` supervised in a helper thread, stopped when ``body`` ends."""
+    stop = threading.Event()
+    thread = threading.Thread(target=supervised, args=(target, stop), daemon=True)
+    thread.start()
+    try:
+        body()
+    finally:
+        stop.set()
+        thread.join(timeout=5)

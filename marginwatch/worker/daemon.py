@@ -1,0 +1,48 @@
+"""The ``marginwatch worker`` daemon: Celery's solo pool on the partitions' queues, with the
+dispatcher in a supervised helper thread."""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry
+
+from marginwatch.base.metrics import WorkerMetrics
+from marginwatch.base.settings import Settings
+from marginwatch.runtime.celery_app import partition_queue
+from marginwatch.runtime.observe import counting_redis_errors
+from marginwatch.runtime.process import (
+    connect,
+    metrics_served,
+    parse_partitions,
+    run_celery,
+    with_thread,
+)
+from marginwatch.worker.dispatch import Dispatcher
+from marginwatch.worker.tasks import WorkerRuntime, register_tasks
+
+
+def run_worker(settings: Settings, partition_spec: str, loglevel: str = "INFO") -> None:
+    """Evaluate ``partition_spec``'s partitions until stopped."""
+    partitions = parse_partitions(partition_spec, settings.partitions)
+    base = connect(settings, loglevel)
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    runtime = WorkerRuntime(base.settings, base.client, base.tables, base.app, metrics=metrics)
+    register_tasks(runtime.app, runtime)
+    metrics.start_partitions(partitions)
+    dispatcher = Dispatcher(
+        runtime.client,
+        partitions,
+        runtime.enqueue_evaluation,
+        on_pending=lambda armed: metrics.set_pending(armed, pending=True),
+    )
+
+    def dispatch(stop: threading.Event) -> None:
+        with counting_redis_errors(metrics.redis_errors):
+            dispatcher.run(stop)
+
+    queues = [partition_queue(p) for p in partitions]
+    name = f"partitions-{partition_spec.replace(',', '_')}"
+    with metrics_served(settings, registry):
+        with_thread(dispatch, lambda: run_celery(runtime.app, queues, name, loglevel))

@@ -1,0 +1,93 @@
+"""Fan-out: change notices become at most one pending evaluation per partition.
+
+A dispatcher thread in each ``marginwatch worker`` process reads the tick stream and its
+partitions' account-change streams. For every partition with news it sets the partition's
+pending flag (``SET NX`` with a TTL) and, only if the flag was not already set, enqueues one
+evaluation on the partition's queue. The evaluation clears the flag as it starts, so ticks that
+arrive meanwhile queue exactly one more evaluation, which reads the newest prices: a storm of
+ticks coalesces instead of building a backlog. The TTL re-arms a partition whose task was lost.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+
+from marginwatch.base import keys
+
+PENDING_TTL_SECONDS = 30
+READ_BLOCK_MS = 1_000
+
+Enqueue = Callable[[int], None]
+OnPending = Callable[[Sequence[int]], None]
+
+
+class Dispatcher:
+    """Reads change notices and enqueues evaluations for ``partitions``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        partitions: Sequence[int],
+        enqueue: Enqueue,
+        *,
+        on_pending: OnPending | None = None,
+    ) -> None:
+        """``on_pending`` is told which partitions have their pending flag set (metrics)."""
+        self.client = client
+        self.partitions = list(partitions)
+        self.enqueue = enqueue
+        self.on_pending = on_pending
+        self.last_ids: dict[str, str] = {}
+        self.enqueued = 0
+
+    def start_from_now(self) -> None:
+        """Skip what is already on the streams (the first evaluation reads the current state).
+
+        The newest id of each stream is read, not ``$``: ``$`` only means "after this call", so
+        entries added between two reads of a quiet stream would be missed.
+        """
+        self.last_ids = {stream: self._newest_id(stream) for stream in self._streams()}
+
+    def _newest_id(self, stream: str) -> str:
+        newest: list[Any] = self.client.xrevrange(stream, count=1)  # type: ignore[assignment]
+        return newest[0][0].decode() if newest else "0-0"
+
+    def _streams(self) -> list[str]:
+        return [keys.TICKS, *(keys.partition_changes(p) for p in self.partitions)]
+
+    def trigger(self, partitions: Sequence[int]) -> int:
+        """Enqueue an evaluation for each partition that has none pending."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in partitions:
+            pipe.set(keys.partition_pending(partition), 1, nx=True, ex=PENDING_TTL_SECONDS)
+        armed = [p for p, was_set in zip(partitions, pipe.execute(), strict=True) if was_set]
+        if self.on_pending is not None:
+            self.on_pending(armed)  # before they are enqueued: the evaluation clears it
+        for partition in armed:
+            self.enqueue(partition)
+        self.enqueued += len(armed)
+        return len(armed)
+
+    def dispatch_once(self, block_ms: int | None = READ_BLOCK_MS) -> int:
+        """Wait for notices (up to ``block_ms``), then trigger the partitions they concern."""
+        reply: list[Any] = self.client.xread(self.last_ids, block=block_ms, count=10_000)  # type: ignore[arg-type,assignment]
+        touched: set[int] = set()
+        for stream, entries in reply or []:
+            name = stream.decode()
+            self.last_ids[name] = entries[-1][0].decode()
+            touched.update(self.partitions if name == keys.TICKS else [self._partition_of(name)])
+        return self.trigger(sorted(touched)) if touched else 0
+
+    def _partition_of(self, stream: str) -> int:
+        return next(p for p in self.partitions if keys.partition_changes(p) == stream)
+
+    def run(self, stop: threading.Event) -> None:
+        """Dispatch until ``stop`` is set; the first round evaluates every partition."""
+        self.start_from_now()
+        self.trigger(self.partitions)
+        while not stop.is_set():
+            self.dispatch_once()

@@ -1,0 +1,196 @@
+"""One evaluation of a partition: newest marks, batch screening, exact confirmation, actions.
+
+The batch path screens every pool of the partition; only the pools where an action may be due
+are evaluated again with the exact path, and an action is sent only when the exact status says
+so: a margin call when a pool enters an episode (ratio >= margin call ratio), its resolution when
+the ratio falls below ``margin_call_ratio - margin_call_hysteresis``, a liquidation when the pool
+reaches ``liquidation`` (once per account version).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from redis.client import Pipeline
+
+from marginwatch.base import keys
+from marginwatch.base.actions import Action, ActionKind
+from marginwatch.base.pools import pool_of, pool_symbols
+from marginwatch.base.settings import Settings
+from marginwatch.base.ticks import Tick
+from marginwatch.engine import batch
+from marginwatch.engine.exact import PoolReport, evaluate_account
+from marginwatch.engine.types import Account, Status
+from marginwatch.worker.partition import PartitionBook
+
+MARGIN_CALL_CODE = Status.MARGIN_CALL.severity
+LIQUIDATION_CODE = Status.LIQUIDATION.severity
+RISKIEST_KEPT = 20
+RISKIEST_INTERVAL_SECONDS = 1.0
+NO_RATIO_SCORE = 1e9  # margin balance <= 0: riskier than any ratio
+
+
+@dataclass
+class EvaluationOutcome:
+    """What one evaluation saw and did; ``started_at`` is wall-clock Unix seconds, ``ticks``
+    and ``marks`` the prices it read (for metrics); ``actions`` what is due, in order."""
+
+    positions: int = 0
+    pools: int = 0
+    accounts_refreshed: int = 0
+    candidates: int = 0
+    actions: list[Action] = field(default_factory=list)
+    newest_tick: Tick | None = None
+    seconds: float = 0.0  # from the start to the end of ``finish_evaluation``
+    perf_started: float = 0.0  # perf_counter() at the start
+    started_at: float = 0.0
+    ticks: dict[str, Tick] = field(default_factory=dict, repr=False)
+    marks: batch.FloatArray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def sent(self) -> dict[ActionKind, int]:
+        """How many actions of each kind are due."""
+        counts: dict[ActionKind, int] = {}
+        for action in self.actions:
+            counts[action.kind] = counts.get(action.kind, 0) + 1
+        return counts
+
+
+def evaluate_partition(
+    book: PartitionBook, client: redis.Redis, settings: Settings
+) -> EvaluationOutcome:
+    """Refresh the partition, screen it, confirm candidates; the outcome lists the due
+    actions. The caller sends them, then calls ``finish_evaluation``."""
+    started, started_at = time.perf_counter(), time.time()
+    ticks = book.ticks.read(client)
+    refreshed = book.refresh(client)
+    marks = book.brackets.marks_array({s: tick.mark_price for s, tick in ticks.items()})
+    outcome = EvaluationOutcome(
+        accounts_refreshed=refreshed, started_at=started_at, ticks=ticks, marks=marks
+    )
+    batch.evaluate_ratios(book.book, book.brackets, marks, settings.thresholds, book.result)
+    candidates = select_candidates(book, settings)
+    settle_quiet_pools(book, candidates)
+    for pool in np.flatnonzero(candidates):
+        outcome.actions += confirm_pool(book, int(pool), ticks, settings)
+    outcome.newest_tick = max(ticks.values(), key=lambda tick: tick.sequence, default=None)
+    outcome.positions, outcome.pools = book.book.positions, book.book.pools
+    outcome.candidates = int(candidates.sum())
+    outcome.perf_started = started
+    return outcome
+
+
+def select_candidates(book: PartitionBook, settings: Settings) -> npt.NDArray[np.bool_]:
+    """Pools where an action may be due: to be confirmed with the exact path."""
+    status, ratio = book.result.status, book.result.margin_ratio
+    rearm_below = float(settings.rearm_below)
+    entering = (status >= MARGIN_CALL_CODE) & (book.confirmed_status != status)
+    recovering = book.in_episode & (ratio < rearm_below)
+    return entering | recovering | book.result.uncertain  # type: ignore[no-any-return]
+
+
+def settle_quiet_pools(book: PartitionBook, candidates: npt.NDArray[np.bool_]) -> None:
+    """Pools below margin call need no action: their batch status is their status."""
+    quiet = ~candidates & (book.result.status < MARGIN_CALL_CODE)
+    book.confirmed_status[quiet] = book.result.status[quiet]
+
+
+def confirm_pool(
+    book: PartitionBook, pool: int, ticks: Mapping[str, Tick], settings: Settings
+) -> list[Action]:
+    """Evaluate the pool exactly; the actions its exact status calls for."""
+    stored = book.account_of_pool(pool)
+    pool_name = book.pool_key(pool)[1]
+    if any(position.symbol not in ticks for position in stored.account.positions):
+        return []
+    marks = {symbol: tick.mark_price for symbol, tick in ticks.items()}
+    exact = exact_pool(stored.account, pool_name, marks, book, settings)
+    if exact is None:
+        return []
+    trigger = triggering_tick(stored.account, pool_name, ticks)
+    due = [
+        Action(kind, stored.account.account_id, pool_name, stored.version,
+               trigger.sequence if trigger else 0, trigger.event_time_ms if trigger else 0,
+               None if exact.margin_ratio is None else str(exact.margin_ratio))
+        for kind in due_actions(book, pool, exact, settings)
+    ]  # fmt: skip
+    book.confirmed_status[pool] = exact.status.severity
+    return due
+
+
+def due_actions(
+    book: PartitionBook, pool: int, exact: PoolReport, settings: Settings
+) -> list[ActionKind]:
+    """Actions due for a pool given its exact figures; updates its episode flag."""
+    kinds = []
+    if exact.status is Status.LIQUIDATION and book.confirmed_status[pool] != LIQUIDATION_CODE:
+        kinds.append(ActionKind.LIQUIDATION)
+    if not book.in_episode[pool] and exact.status.severity >= MARGIN_CALL_CODE:
+        kinds.insert(0, ActionKind.MARGIN_CALL)
+        book.in_episode[pool] = True
+    elif (
+        book.in_episode[pool]
+        and exact.margin_ratio is not None
+        and (exact.margin_ratio < settings.rearm_below)
+    ):
+        kinds.append(ActionKind.MARGIN_CALL_RESOLVED)
+        book.in_episode[pool] = False
+    return kinds
+
+
+def exact_pool(
+    account: Account,
+    pool_name: str,
+    marks: Mapping[str, Decimal],
+    book: PartitionBook,
+    settings: Settings,
+) -> PoolReport | None:
+    """The exact figures of one pool of an account."""
+    report = evaluate_account(account, marks, book.tables, settings.thresholds, settings.venue)
+    found = pool_of(report, pool_name)
+    return None if found is None else found[0]
+
+
+def triggering_tick(account: Account, pool_name: str, ticks: Mapping[str, Tick]) -> Tick | None:
+    """The newest tick among the symbols that move the pool."""
+    symbols = pool_symbols(account, pool_name)
+    return max((ticks[s] for s in symbols), key=lambda tick: tick.sequence, default=None)
+
+
+def finish_evaluation(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:
+    """After the outcome's actions are sent: record progress, time the whole evaluation."""
+    write_progress(client, book, outcome.newest_tick)
+    outcome.seconds = time.perf_counter() - outcome.perf_started
+
+
+def write_progress(client: redis.Redis, book: PartitionBook, newest_tick: Tick | None) -> None:
+    """The newest tick sequence this evaluation read and, at most once per
+    ``RISKIEST_INTERVAL_SECONDS``, the partition's riskiest pools (for ``status`` and the demo
+    view), in one transaction (actions are already sent)."""
+    pipe = client.pipeline(transaction=True)
+    now = time.monotonic()
+    if now - book.riskiest_written_at >= RISKIEST_INTERVAL_SECONDS:
+        book.riskiest_written_at = now
+        write_riskiest(pipe, book)
+    pipe.set(keys.partition_evaluated(book.partition), newest_tick.sequence if newest_tick else 0)
+    pipe.execute()
+
+
+def write_riskiest(pipe: Pipeline, book: PartitionBook) -> None:
+    """Queue the replacement of the partition's riskiest pools on ``pipe``."""
+    ratio = np.where(
+        book.result.status == LIQUIDATION_CODE, NO_RATIO_SCORE, book.result.margin_ratio
+    )
+    ratio = np.nan_to_num(ratio, nan=-1.0)
+    count = min(RISKIEST_KEPT, ratio.shape[0])
+    if count == 0:
+        return
+    top = np.argpartition(-ratio, count - 1)[:count]
+    members = {"|".join(book.pool_key(int(i))): float(ratio[i]) for i in top}
+    pipe.delete(keys.partition_status(book.partition))
+    pipe.zadd(keys.partition_status(book.partition), members)

@@ -1,0 +1,83 @@
+"""The partition worker's Celery task: a few lines handing this process's resources to
+``evaluate_partition``, sending the actions it found, and observing it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from celery import Celery
+from prometheus_client import CollectorRegistry
+
+from marginwatch.base import keys
+from marginwatch.base.metrics import WorkerMetrics
+from marginwatch.engine import batch
+from marginwatch.runtime.celery_app import TASK_EVALUATE_PARTITION, send_actions, send_evaluation
+from marginwatch.runtime.observe import REDIS_ERRORS, counting_redis_errors
+from marginwatch.runtime.process import Runtime
+from marginwatch.worker import instrumentation
+from marginwatch.worker.evaluation import EvaluationOutcome, evaluate_partition, finish_evaluation
+from marginwatch.worker.partition import PartitionBook
+
+log = logging.getLogger("marginwatch.worker")
+
+# shared=False: a task belongs to its own app only (Celery would add it to every app created
+# later in the process, bound to this runtime).
+RETRY = {"autoretry_for": REDIS_ERRORS, "retry_backoff": True, "retry_backoff_max": 30,
+         "max_retries": 5, "shared": False}  # fmt: skip
+
+
+def _unserved_metrics() -> WorkerMetrics:
+    return WorkerMetrics(CollectorRegistry())
+
+
+@dataclass
+class WorkerRuntime(Runtime):
+    """A partition worker's process: its books and metrics (on a private registry unless the
+    daemon serves them)."""
+
+    books: dict[int, PartitionBook] = field(default_factory=dict)
+    brackets: batch.BracketArrays | None = None
+    metrics: WorkerMetrics = field(default_factory=_unserved_metrics)
+    liquidation_map_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
+    book_gauges_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
+
+    def book(self, partition: int) -> PartitionBook:
+        """The partition's book, loaded from Redis on first use."""
+        if partition not in self.books:
+            if self.brackets is None:
+                self.brackets = batch.BracketArrays.from_tables(self.tables, sorted(self.tables))
+            book = PartitionBook(partition, self.brackets, self.tables)
+            book.load(self.client)
+            self.books[partition] = book
+        return self.books[partition]
+
+    def enqueue_evaluation(self, partition: int) -> None:
+        send_evaluation(self.app, partition)
+
+
+def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
+    """Clear the pending flag first (later notices queue one more), evaluate, send, observe."""
+    metrics, settings = runtime.metrics, runtime.settings
+    with counting_redis_errors(metrics.redis_errors):
+        runtime.client.delete(keys.partition_pending(partition))
+        metrics.set_pending([partition], pending=False)
+        book = runtime.book(partition)
+        outcome = evaluate_partition(book, runtime.client, settings)
+        send_actions(runtime.app, outcome.actions)
+        finish_evaluation(runtime.client, book, outcome)
+    log.debug("partition %s: %s", partition, outcome)
+    instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
+    if runtime.book_gauges_due.due(partition):
+        instrumentation.observe_book_gauges(metrics, book, outcome, settings.stale_after_seconds)
+    if runtime.liquidation_map_due.due(partition):
+        instrumentation.refresh_liquidation_map(metrics, book, outcome.marks, settings.venue)
+    return outcome
+
+
+def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
+    """Define the evaluation task on ``app``, bound to ``runtime``."""
+
+    @app.task(name=TASK_EVALUATE_PARTITION, **RETRY)
+    def evaluate(partition: int) -> None:
+        run_evaluation(runtime, partition)
