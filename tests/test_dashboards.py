@@ -4,13 +4,12 @@ alert rules name defined in marginwatch/base/metrics.py."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import itertools
 import json
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -22,7 +21,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
-GENERATOR = DASHBOARDS / "generate.py"
 METRICS_MODULE = ROOT / "marginwatch" / "base" / "metrics.py"
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "marginwatch.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
@@ -95,16 +93,9 @@ METRIC_NAME = re.compile(r"\b(marginwatch_[a-z0-9_]+)\b")
 METRIC_LITERAL = re.compile(r"""["'](marginwatch_[a-z0-9_]+)["']""")
 
 
-@cache
 def generator() -> ModuleType:
-    """dashboards/generate.py, imported (dashboards/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("dashboards_generate", GENERATOR)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The dashboards' generator (``dashboards.generate``)."""
+    return importlib.import_module("dashboards.generate")
 
 
 @cache
@@ -179,13 +170,13 @@ def defined_metrics() -> frozenset[str]:
 
 
 def test_generator_writes_the_committed_dashboards() -> None:
-    """dashboards/*.json are what dashboards/generate.py writes, and nothing else."""
+    """dashboards/*.json are what ``python -m dashboards.generate`` writes, and nothing else."""
     rendered = generator().render()
     assert rendered == generator().render(), "the generator is not deterministic"
     assert set(rendered) == set(dashboards()), "a dashboard JSON without generator, or missing"
     for name, text in rendered.items():
         committed = (DASHBOARDS / name).read_text(encoding="utf-8")
-        assert committed == text, f"{name} is out of date: run dashboards/generate.py"
+        assert committed == text, f"{name} is out of date: run python -m dashboards.generate"
 
 
 def test_uids_are_stable_and_unique() -> None:

@@ -1,0 +1,1 @@
+"""Grafana dashboards of marginwatch, generated (``python -m dashboards.generate``)."""
