@@ -11,7 +11,7 @@ the tick's symbol (``--holders``: a JSON object symbol -> account ids, precomput
 tick's tasks while the queue holds more than ``--max-backlog`` (so Redis memory stays bounded)
 and counts them as dropped. Both need ``MARGINWATCH_REDIS_URL``. Counters (Redis strings, see
 ``COUNTERS``) say how many ticks the dispatcher read and how many tasks it enqueued, dropped
-and saw done; ``bench_pipeline.py`` reads them.
+and saw done; ``python -m benchmarks.pipeline`` reads them.
 """
 
 from __future__ import annotations

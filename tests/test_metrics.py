@@ -52,7 +52,12 @@ from marginwatch.producer.publisher import Publisher
 from marginwatch.producer.replay import replay_source
 from marginwatch.producer.run import ProducerStats, run_producer
 from marginwatch.producer.validation import TickValidator
-from marginwatch.runtime.celery_app import TASK_DELIVER_WEBHOOK, TASK_LIQUIDATE, make_celery
+from marginwatch.runtime.celery_app import (
+    TASK_DELIVER_WEBHOOK,
+    TASK_LIQUIDATE,
+    TASK_MARGIN_CALLS,
+    make_celery,
+)
 from marginwatch.state.accounts import store_accounts
 from marginwatch.state.applier import run_applier
 from marginwatch.worker import tasks as worker_tasks
@@ -390,7 +395,8 @@ def test_webhook_tasks_count_deliveries_retries_and_failures(executor: ExecutorR
 def test_action_task_on_a_dead_redis_counts_retries_failure_and_redis_errors(
     executor: ExecutorRuntime,
 ) -> None:
-    """Five retries then a failure, six Redis errors: each counted once."""
+    """Five retries then a failure, six Redis errors: each counted once, for a liquidation and
+    for a batch of margin calls."""
     registry = CollectorRegistry()
     executor.metrics = ExecutorMetrics(registry)
     no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
@@ -400,6 +406,9 @@ def test_action_task_on_a_dead_redis_counts_retries_failure_and_redis_errors(
     assert sample(registry, "marginwatch_action_failures_total", action="liquidate") == 1
     assert sample(registry, "marginwatch_action_failures_total", action="margin_call") == 0
     assert sample(registry, "marginwatch_redis_errors_total", component="executor") == 6
+    executor.app.tasks[TASK_MARGIN_CALLS].apply(args=[[action("E", CALL).to_message()]])
+    assert sample(registry, "marginwatch_action_retries_total", action="margin_call") == 5
+    assert sample(registry, "marginwatch_action_failures_total", action="margin_call") == 1
 
 
 def test_producer_stats_move_the_producer_metrics(

@@ -1,0 +1,1 @@
+"""Benchmark scripts that print figures and the machine's load (never timed tests)."""

@@ -1,0 +1,127 @@
+"""The pipeline benchmark: the market and the book."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import numpy as np
+import redis
+
+from marginwatch.base.ticks import Tick
+from marginwatch.cli.book_generator import generate_accounts
+from marginwatch.engine.brackets import default_tables
+from marginwatch.engine.types import Account, PositionMode
+from marginwatch.producer.publisher import Publisher
+from marginwatch.producer.run import synthetic_symbols
+from marginwatch.producer.synthetic import MarketSpec, start_prices, to_significant_digits
+from marginwatch.state.accounts import partition_of, store_accounts
+
+
+def pick_symbols(count: int) -> tuple[str, ...]:
+    """The symbols the producer would pick for ``--symbols count`` (majors first)."""
+    return synthetic_symbols(count, set(default_tables()), ())
+
+
+def start_marks(symbols: Sequence[str], seed: int) -> dict[str, Decimal]:
+    """The synthetic market's start prices, drawn exactly as the producer draws them."""
+    prices = start_prices(symbols, np.random.default_rng(seed))
+    digits = MarketSpec(tuple(symbols)).significant_digits
+    return {
+        s: to_significant_digits(float(p), digits) for s, p in zip(symbols, prices, strict=True)
+    }
+
+
+def publish_marks(client: redis.Redis, marks: Mapping[str, Decimal]) -> None:
+    """One round of ticks at the start prices, one second old (the producer's are newer)."""
+    event_time = time.time_ns() // 1_000_000 - 1_000
+    Publisher(client).publish([Tick(s, price, event_time) for s, price in marks.items()])
+
+
+@dataclass
+class TopUp:
+    """Generated accounts, topped up to ``target`` positions per account on average.
+
+    An account whose running total falls short of the target gets the positions (on symbols it
+    does not hold) and the cross wallet of a second generated account of the same mode.
+    """
+
+    target: float
+    generated_positions: int = 0
+    merged_accounts: int = 0
+    positions: int = 0
+
+    def accounts(self, count: int, marks: Mapping[str, Decimal], seed: int) -> Iterator[Account]:
+        donors = generate_accounts(sys.maxsize, marks, seed + 1, prefix="donor")
+        for number, generated in enumerate(generate_accounts(count, marks, seed)):
+            self.generated_positions += len(generated.positions)
+            account = generated
+            if self.positions + len(generated.positions) < self.target * (number + 1):
+                account = merged(generated, next_donor(donors, generated.position_mode))
+                self.merged_accounts += 1
+            self.positions += len(account.positions)
+            yield account
+
+
+def next_donor(donors: Iterator[Account], mode: PositionMode) -> Account:
+    return next(donor for donor in donors if donor.position_mode is mode)
+
+
+def merged(account: Account, donor: Account) -> Account:
+    held = {position.symbol for position in account.positions}
+    extra = tuple(position for position in donor.positions if position.symbol not in held)
+    wallet = account.cross_wallet_balance + donor.cross_wallet_balance
+    return Account(account.account_id, wallet, account.positions + extra, account.position_mode)
+
+
+@dataclass
+class Book:
+    """What was loaded, where it went, and how long it took."""
+
+    accounts: int
+    positions: int
+    generated_positions: int
+    merged_accounts: int
+    partition_accounts: list[int]
+    partition_positions: list[int]
+    holders: dict[str, list[str]]
+    generate_seconds: float
+    store_seconds: float
+    redis_used_bytes: int
+
+
+def load_book(client: redis.Redis, args: argparse.Namespace, marks: Mapping[str, Decimal]) -> Book:
+    """Generate the book (timed), then store it (timed)."""
+    started = time.perf_counter()
+    top_up = TopUp(args.positions_per_account)
+    accounts = list(top_up.accounts(args.accounts, marks, args.seed))
+    generated = time.perf_counter()
+    store_accounts(client, accounts, args.partitions)
+    stored = time.perf_counter()
+    book = Book(
+        len(accounts),
+        top_up.positions,
+        top_up.generated_positions,
+        top_up.merged_accounts,
+        [0] * args.partitions,
+        [0] * args.partitions,
+        {},
+        generated - started,
+        stored - generated,
+        used_memory(client),
+    )
+    for account in accounts:
+        partition = partition_of(account.account_id, args.partitions)
+        book.partition_accounts[partition] += 1
+        book.partition_positions[partition] += len(account.positions)
+        for symbol in {position.symbol for position in account.positions}:
+            book.holders.setdefault(symbol, []).append(account.account_id)
+    return book
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])

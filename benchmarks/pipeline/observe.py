@@ -1,0 +1,194 @@
+"""The pipeline benchmark: observation."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.pipeline.config import ACTION_QUEUES, HISTOGRAMS, SCRAPED
+from benchmarks.pipeline.daemons import Daemons
+from benchmarks.pipeline.proc import cpu_seconds, rss_kib
+from marginwatch.base import keys
+from marginwatch.runtime.celery_app import WEBHOOKS_QUEUE, partition_queue
+
+
+class EvaluationCounter:
+    """Times of every write of each partition's ``evaluated`` key (keyspace notifications)."""
+
+    def __init__(self, url: str, partitions: int) -> None:
+        self.client = redis.Redis.from_url(url)  # kept: its pool holds the pubsub connection
+        self.client.config_set("notify-keyspace-events", "K$")
+        self.channels = {
+            f"__keyspace@0__:{keys.partition_evaluated(p)}".encode(): p for p in range(partitions)
+        }
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        self.pubsub.subscribe(*self.channels)
+        self.times: list[list[float]] = [[] for _ in range(partitions)]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        while not self.stopping.is_set():
+            message = self.pubsub.get_message(timeout=0.2)
+            if message is not None and message["channel"] in self.channels:
+                self.times[self.channels[message["channel"]]].append(time.time())
+
+    def counts(self, since: float, until: float) -> list[int]:
+        return [sum(since <= t <= until for t in times) for times in self.times]
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=2)
+        self.pubsub.close()
+
+
+def scrape(port: int, names: Sequence[str]) -> dict[str, float] | None:
+    """Sums of the named samples on ``http://127.0.0.1:port/metrics`` over their labels, and of
+    each ``HISTOGRAMS`` bucket as ``name_bucket:le``; None when not served or none is there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    sums = dict.fromkeys(names, 0.0)
+    found = False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = sample.name
+            if name.endswith("_bucket") and family.name in HISTOGRAMS:
+                name = f"{name}:{sample.labels['le']}"
+                sums.setdefault(name, 0.0)
+            if name in sums:
+                sums[name] += sample.value
+                found = found or sample.name in names
+    return sums if found else None
+
+
+def scrape_all(ports: Sequence[int]) -> dict[str, float] | None:
+    """The ``SCRAPED`` sums over every worker; None unless every one serves them."""
+    found = [scrape(port, SCRAPED) for port in ports]
+    if any(sums is None for sums in found):
+        return None
+    names = {name for sums in found if sums for name in sums}
+    return {name: sum(s.get(name, 0.0) for s in found if s) for name in names}
+
+
+def metric_quantile(
+    before: Mapping[str, float], after: Mapping[str, float], name: str, q: float
+) -> float:
+    """The upper bound of the histogram bucket holding quantile ``q`` between two scrapes."""
+    prefix = f"{name}_bucket:"
+    bounds = sorted((float(k[len(prefix) :]), k) for k in after if k.startswith(prefix))
+    total = after[f"{name}_count"] - before[f"{name}_count"]
+    for bound, key in bounds:
+        if total and after[key] - before.get(key, 0.0) >= q * total:
+            return bound
+    return float("nan")
+
+
+def metric_mean(before: Mapping[str, float], after: Mapping[str, float], name: str) -> float:
+    """Mean of a histogram's observations between two scrapes (nan if none)."""
+    count = after[f"{name}_count"] - before[f"{name}_count"]
+    return (after[f"{name}_sum"] - before[f"{name}_sum"]) / count if count else float("nan")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One second's look at Redis and the daemons."""
+
+    at: float
+    tick_sequence: int
+    evaluated: tuple[int, ...]
+    partition_queued: int
+    actions_queued: int
+    webhooks_queued: int
+    unacked: int
+    pending_flags: int
+    redis_used: int
+    rss_kib: dict[str, int]
+    cpu_seconds: dict[str, float]
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def max_lag(self) -> int:
+        return self.tick_sequence - min(self.evaluated) if self.evaluated else 0
+
+
+def take_sample(client: redis.Redis, partitions: int, pids: Mapping[str, int]) -> Sample:
+    pipe = client.pipeline(transaction=False)
+    pipe.get(keys.TICK_SEQUENCE)
+    pipe.mget([keys.partition_evaluated(p) for p in range(partitions)])
+    pipe.mget([keys.partition_pending(p) for p in range(partitions)])
+    queues = [*(partition_queue(p) for p in range(partitions)), *ACTION_QUEUES, WEBHOOKS_QUEUE]
+    for name in queues:
+        pipe.llen(name)
+    pipe.hlen("unacked")
+    pipe.info("memory")
+    reply = pipe.execute()
+    lengths = reply[3 : 3 + len(queues)]
+    return Sample(
+        at=time.time(),
+        tick_sequence=int(reply[0] or 0),
+        evaluated=tuple(int(v or 0) for v in reply[1]),
+        partition_queued=sum(lengths[:partitions]),
+        actions_queued=sum(lengths[partitions:-1]),
+        webhooks_queued=lengths[-1],
+        unacked=int(reply[-2]),
+        pending_flags=sum(v is not None for v in reply[2]),
+        redis_used=int(reply[-1]["used_memory"]),
+        rss_kib={name: rss_kib(pid) for name, pid in pids.items()},
+        cpu_seconds={name: cpu_seconds(pid) for name, pid in pids.items()},
+    )
+
+
+def cpu_shares(samples: Sequence[Sample]) -> dict[str, float]:
+    """Each process's CPU time per second of wall time, over the samples it was alive in."""
+    shares = {}
+    for name in samples[-1].cpu_seconds if samples else ():
+        alive = [s for s in samples if s.cpu_seconds.get(name, 0.0) > 0]
+        if len(alive) > 1:
+            used = alive[-1].cpu_seconds[name] - alive[0].cpu_seconds[name]
+            shares[name] = used / (alive[-1].at - alive[0].at)
+    return shares
+
+
+def sample_while(
+    running: Callable[[], bool], take: Callable[[], Sample], daemons: Daemons
+) -> list[Sample]:
+    """One sample a second while ``running()``."""
+    samples = []
+    next_at = time.monotonic()
+    while running():
+        daemons.check_alive()
+        samples.append(take())
+        next_at += 1.0
+        time.sleep(max(0.0, next_at - time.monotonic()))
+    return samples
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A series over the run: means of its first and last thirds, slope, the verdict."""
+
+    first: float
+    last: float
+    peak: float
+    slope_per_minute: float
+    growing: bool
+
+
+def trend(times: Sequence[float], values: Sequence[float], floor: float) -> Trend:
+    """Growing: the last third's mean exceeds the first's by more than ``floor`` and by half."""
+    third = max(1, len(values) // 3)
+    first, last = float(np.mean(values[:third])), float(np.mean(values[-third:]))
+    slope = float(np.polyfit(times, values, 1)[0]) * 60 if len(values) > 1 else 0.0
+    growing = last > first + floor and last > 1.5 * first
+    return Trend(first, last, float(max(values)), slope, growing)
