@@ -14,19 +14,15 @@ from marginwatch.base.actions import Action
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.executor import instrumentation, liquidation, margin_calls, webhooks
 from marginwatch.runtime.celery_app import (
+    RETRY_ON_REDIS_ERRORS,
     TASK_DELIVER_WEBHOOK,
     TASK_LIQUIDATE,
     TASK_MARGIN_CALL_RESOLVED,
     TASK_MARGIN_CALLS,
     send_webhook,
 )
-from marginwatch.runtime.observe import REDIS_ERRORS, counting_redis_errors
+from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
-
-# shared=False: a task belongs to its own app only (Celery would add it to every app created
-# later in the process, bound to this runtime).
-RETRY = {"autoretry_for": REDIS_ERRORS, "retry_backoff": True, "retry_backoff_max": 30,
-         "max_retries": 5, "shared": False}  # fmt: skip
 
 
 def _unserved_metrics() -> ExecutorMetrics:
@@ -82,15 +78,15 @@ def register_tasks(app: Celery, runtime: ExecutorRuntime) -> None:
     retries and failures."""
     instrumentation.connect_task_signals(app, lambda: runtime.metrics)
 
-    @app.task(name=TASK_MARGIN_CALLS, **RETRY)
+    @app.task(name=TASK_MARGIN_CALLS, **RETRY_ON_REDIS_ERRORS)
     def margin_calls_found(messages: list[dict[str, Any]]) -> list[str]:
         return run_margin_calls(runtime, [Action.from_message(m) for m in messages])
 
-    @app.task(name=TASK_MARGIN_CALL_RESOLVED, **RETRY)
+    @app.task(name=TASK_MARGIN_CALL_RESOLVED, **RETRY_ON_REDIS_ERRORS)
     def margin_call_resolved(message: dict[str, Any]) -> str:
         return run_resolution(runtime, Action.from_message(message))
 
-    @app.task(name=TASK_LIQUIDATE, **RETRY)
+    @app.task(name=TASK_LIQUIDATE, **RETRY_ON_REDIS_ERRORS)
     def liquidate(message: dict[str, Any]) -> str:
         return run_liquidation(runtime, Action.from_message(message))
 

@@ -9,6 +9,7 @@ from celery import Celery
 
 from marginwatch.base.actions import Action, ActionKind
 from marginwatch.base.settings import Settings
+from marginwatch.runtime.observe import REDIS_ERRORS
 
 TASK_EVALUATE_PARTITION = "marginwatch.evaluate_partition"
 # Every margin call one evaluation found, in one message (a list of margin-call actions).
@@ -36,6 +37,12 @@ QUEUE_OF_TASK = {
     TASK_LIQUIDATE: ACTIONS_QUEUE,
     TASK_DELIVER_WEBHOOK: WEBHOOKS_QUEUE,
 }
+
+# Options of every task that touches Redis: a connection or timeout error retries it with
+# backoff (at most 5 times). shared=False: a task belongs to its own app only (Celery would add
+# it to every app created later in the process, bound to that app's runtime).
+RETRY_ON_REDIS_ERRORS = {"autoretry_for": REDIS_ERRORS, "retry_backoff": True,
+                         "retry_backoff_max": 30, "max_retries": 5, "shared": False}  # fmt: skip
 
 # Longer than any task may run (the hard time limit), so an unacknowledged task is redelivered
 # only after its worker is really gone.

@@ -12,19 +12,19 @@ from prometheus_client import CollectorRegistry
 from marginwatch.base import keys
 from marginwatch.base.metrics import WorkerMetrics
 from marginwatch.engine import batch
-from marginwatch.runtime.celery_app import TASK_EVALUATE_PARTITION, send_actions, send_evaluation
-from marginwatch.runtime.observe import REDIS_ERRORS, counting_redis_errors
+from marginwatch.runtime.celery_app import (
+    RETRY_ON_REDIS_ERRORS,
+    TASK_EVALUATE_PARTITION,
+    send_actions,
+    send_evaluation,
+)
+from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
 from marginwatch.worker import instrumentation
 from marginwatch.worker.evaluation import EvaluationOutcome, evaluate_partition, finish_evaluation
 from marginwatch.worker.partition import PartitionBook
 
 log = logging.getLogger("marginwatch.worker")
-
-# shared=False: a task belongs to its own app only (Celery would add it to every app created
-# later in the process, bound to this runtime).
-RETRY = {"autoretry_for": REDIS_ERRORS, "retry_backoff": True, "retry_backoff_max": 30,
-         "max_retries": 5, "shared": False}  # fmt: skip
 
 
 def _unserved_metrics() -> WorkerMetrics:
@@ -78,6 +78,6 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     """Define the evaluation task on ``app``, bound to ``runtime``."""
 
-    @app.task(name=TASK_EVALUATE_PARTITION, **RETRY)
+    @app.task(name=TASK_EVALUATE_PARTITION, **RETRY_ON_REDIS_ERRORS)
     def evaluate(partition: int) -> None:
         run_evaluation(runtime, partition)
