@@ -62,7 +62,7 @@ def evaluate_one(
     client: redis.Redis, tables: Mapping[str, BracketTable], settings: Settings, account_id: str
 ) -> int:
     """Read the account and the marks, evaluate exactly; returns the positions evaluated."""
-    stored = read_account(client, account_id)
+    stored = read_account(client, account_id, settings.partitions)
     if stored is None:
         return 0
     ticks = ticks_from_prices_hash(client.hgetall(keys.PRICES))

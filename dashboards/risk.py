@@ -21,6 +21,10 @@ from dashboards.builder import (
 )
 from marginwatch.base import metrics
 
+# The fund is the sum of the partitions' ledgers, each counted once (fail-over pairs report it
+# twice).
+INSURANCE_FUND_SUM = f"sum(max by (partition) ({metrics.INSURANCE_FUND}))"
+
 
 def risk_overview() -> Json:
     """Accounts by status, margin calls and liquidations, the insurance fund, the liquidation map
@@ -50,7 +54,7 @@ def risk_overview() -> Json:
         "USDT in the insurance fund: liquidation fees in, deficits of bankrupt pools out.",
         (4, 5),
         "currencyUSD",
-        [now(f"max({metrics.INSURANCE_FUND})", "fund")],
+        [now(INSURANCE_FUND_SUM, "fund")],
         thresholds((None, "red"), (0, "green")),
     )
     grid.stat(
@@ -120,7 +124,7 @@ def risk_overview() -> Json:
         "USDT in the insurance fund.",
         (6, 8),
         "currencyUSD",
-        [q(f"max({metrics.INSURANCE_FUND})", "fund")],
+        [q(INSURANCE_FUND_SUM, "fund")],
         minimum=None,
     )
     grid.timeseries(

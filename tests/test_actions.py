@@ -28,11 +28,16 @@ from marginwatch.engine.types import (
     PositionSide,
     Thresholds,
 )
-from marginwatch.runtime.celery_app import KIND_OF_TASK, QUEUE_OF_TASK, TASK_OF_KIND
+from marginwatch.runtime.celery_app import (
+    KIND_OF_TASK,
+    TASK_OF_KIND,
+    executor_queues,
+    queue_of,
+)
 
 D = Decimal
-ACTION = Action(ActionKind.LIQUIDATION, "alice", "isolated:BTCUSDT:LONG", 7, 42, 1_700_000_000_000,
-                "1.0125")  # fmt: skip
+ACTION = Action(ActionKind.LIQUIDATION, 5, "alice", "isolated:BTCUSDT:LONG", 7, 42,
+                1_700_000_000_000, "1.0125")  # fmt: skip
 
 
 def test_message_round_trips_through_json() -> None:
@@ -58,6 +63,8 @@ def test_a_null_ratio_round_trips() -> None:
         ({"account_id": ""}, "account_id"),
         ({"account_id": 5}, "account_id"),
         ({"pool": None}, "pool"),
+        ({"partition": None}, "partition"),
+        ({"partition": -1}, "partition"),
         ({"account_version": -1}, "account_version"),
         ({"account_version": True}, "account_version"),
         ({"account_version": "7"}, "account_version"),
@@ -79,11 +86,18 @@ def test_a_message_that_is_not_an_object_is_refused() -> None:
         Action.from_message([ACTION.to_message()])
 
 
-def test_every_kind_has_one_task_and_one_queue() -> None:
-    """Only the Celery layer maps kinds to tasks, one to one, and every task has a queue."""
+def test_every_kind_has_one_task_and_a_queue_of_its_partition() -> None:
+    """Only the Celery layer maps kinds to tasks, one to one; margin calls and resolutions
+    share the partition's margin-call queue, drained before its liquidations."""
     assert set(TASK_OF_KIND) == set(ActionKind)
     assert {KIND_OF_TASK[task] for task in TASK_OF_KIND.values()} == set(ActionKind)
-    assert set(TASK_OF_KIND.values()) <= set(QUEUE_OF_TASK)
+    assert queue_of(ActionKind.MARGIN_CALL, 3) == "marginwatch.margin-calls.3"
+    assert queue_of(ActionKind.MARGIN_CALL_RESOLVED, 3) == "marginwatch.margin-calls.3"
+    assert queue_of(ActionKind.LIQUIDATION, 3) == "marginwatch.actions.3"
+    assert executor_queues([2, 3]) == [
+        "marginwatch.margin-calls.2", "marginwatch.margin-calls.3",
+        "marginwatch.actions.2", "marginwatch.actions.3",
+    ]  # fmt: skip
 
 
 def test_pool_names_and_members() -> None:

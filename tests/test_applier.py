@@ -13,22 +13,36 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from marginwatch.base import keys
+from marginwatch.base.partitions import partition_of
 from marginwatch.base.ticks import Tick
 from marginwatch.cli.embedded_redis import free_port
+from marginwatch.client import publish_account_event
 from marginwatch.engine.types import Account, MarginMode, Position
-from marginwatch.state.accounts import partition_of, read_account, store_accounts
+from marginwatch.state.accounts import read_account, store_accounts
 from marginwatch.state.applier import (
     AppliedCounts,
     apply_pending,
     ensure_group,
+    partition_lease,
     reclaim_pending,
     run_applier,
 )
+from marginwatch.state.lease import Lease
+from tests.polling import wait_for
 from tests.tables import BTC_2024
 
 PARTITIONS = 4
 TABLES = {"BTCUSDT": BTC_2024}
 GROUP = keys.ACCOUNT_EVENTS_GROUP
+HOME = partition_of("a1", PARTITIONS)  # a1's partition
+STREAM = keys.account_events(HOME)
+LEASES: dict[str, Lease] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_leases() -> None:
+    """Each test's consumers start without a lease."""
+    LEASES.clear()
 
 
 def load(client: redis.Redis, wallet: str = "1000", *positions: Position) -> None:
@@ -39,37 +53,44 @@ def load(client: redis.Redis, wallet: str = "1000", *positions: Position) -> Non
 def publish(client: redis.Redis, **event: Any) -> str:
     """Append an event of ``a1`` as the trading core does; its stream id."""
     document = {"account_id": "a1", **event}
-    entry_id = client.xadd(keys.ACCOUNT_EVENTS, {"event": json.dumps(document)})
+    entry_id = client.xadd(STREAM, {"event": json.dumps(document)})
     return entry_id.decode()  # type: ignore[union-attr]
 
 
+def lease_of(client: redis.Redis, consumer: str) -> Lease:
+    """``consumer``'s lease on a1's partition, taken (or renewed) now."""
+    lease = LEASES.setdefault(consumer, partition_lease(client, HOME, consumer, 10_000))
+    assert lease.keep(), f"{consumer} cannot take the lease"
+    return lease
+
+
 def step(client: redis.Redis, consumer: str = "applier") -> AppliedCounts:
-    """One ``apply_pending`` call, not blocking."""
-    return apply_pending(client, TABLES, PARTITIONS, consumer, count=100, block_ms=None)
+    """One ``apply_pending`` call on a1's partition, holding the lease."""
+    return apply_pending(client, TABLES, PARTITIONS, lease_of(client, consumer), HOME, count=100)
 
 
 def wallet(client: redis.Redis) -> Decimal:
     """The stored cross wallet of ``a1``."""
-    stored = read_account(client, "a1")
+    stored = read_account(client, "a1", PARTITIONS)
     assert stored is not None
     return stored.account.cross_wallet_balance
 
 
 def version(client: redis.Redis) -> int:
     """The stored version of ``a1``."""
-    stored = read_account(client, "a1")
+    stored = read_account(client, "a1", PARTITIONS)
     assert stored is not None
     return stored.version
 
 
 def pending(client: redis.Redis) -> int:
     """Entries delivered to the group and not acknowledged."""
-    return int(client.xpending(keys.ACCOUNT_EVENTS, GROUP)["pending"])
+    return int(client.xpending(STREAM, GROUP)["pending"])
 
 
 def dead_letters(client: redis.Redis) -> list[dict[str, str]]:
     """The dead-letter stream's entries as text."""
-    entries: list[Any] = client.xrange(keys.DEAD_LETTERS)  # type: ignore[assignment]
+    entries: list[Any] = client.xrange(keys.dead_letters(HOME))  # type: ignore[assignment]
     return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in entries]
 
 
@@ -81,7 +102,7 @@ def test_accepted_event_bumps_the_version_and_notes_the_change(redis_client: red
     assert wallet(redis_client) == Decimal("1000") + Decimal("250.5")
     assert version(redis_client) == 2
     changes: list[Any] = redis_client.xrange(  # type: ignore[assignment]
-        keys.partition_changes(partition_of("a1", PARTITIONS))
+        keys.partition_changes(HOME)
     )
     assert changes[-1][1] == {b"account": b"a1", b"version": b"2"}
     assert pending(redis_client) == 0
@@ -104,8 +125,8 @@ def test_malformed_entries_and_unknown_accounts_are_dead_lettered(
     redis_client: redis.Redis,
 ) -> None:
     """Bad JSON, a missing ``event`` field, an unknown account: dead letters, no crash."""
-    redis_client.xadd(keys.ACCOUNT_EVENTS, {"event": "{not json"})
-    redis_client.xadd(keys.ACCOUNT_EVENTS, {"payload": "{}"})
+    redis_client.xadd(STREAM, {"event": "{not json"})
+    redis_client.xadd(STREAM, {"payload": "{}"})
     publish(redis_client, type="deposit", amount="1")
     assert step(redis_client) == AppliedCounts(rejected=3)
     reasons = [letter["reason"] for letter in dead_letters(redis_client)]
@@ -141,7 +162,7 @@ def test_duplicate_event_id_is_applied_once(redis_client: redis.Redis) -> None:
     assert step(redis_client) == AppliedCounts(duplicates=1)
     assert wallet(redis_client) == Decimal("1000") + Decimal("10")
     assert version(redis_client) == 2
-    done = keys.idempotency("event:dep-1")
+    done = keys.idempotency(HOME, "event:dep-1")
     assert redis_client.get(done) == b"accepted"
     assert 0 < redis_client.ttl(done) <= 7 * 24 * 3600
     assert pending(redis_client) == 0
@@ -180,8 +201,8 @@ def test_pending_entry_of_a_dead_consumer_is_reclaimed_first(redis_client: redis
     """A crashed consumer's delivered entry is claimed at start and applied before newer ones."""
     load(redis_client)
     publish(redis_client, type="deposit", amount="500")
-    ensure_group(redis_client)
-    redis_client.xreadgroup(GROUP, "ghost", {keys.ACCOUNT_EVENTS: ">"}, count=1)  # then dies
+    ensure_group(redis_client, HOME)
+    redis_client.xreadgroup(GROUP, "ghost", {STREAM: ">"}, count=1)  # then dies
     publish(redis_client, type="withdraw", amount="1400")
     stop = threading.Event()
     seen: list[AppliedCounts] = []
@@ -192,7 +213,7 @@ def test_pending_entry_of_a_dead_consumer_is_reclaimed_first(redis_client: redis
             stop.set()
 
     totals = run_applier(
-        redis_client, TABLES, PARTITIONS, "alive", stop, block_ms=100, on_step=on_step
+        redis_client, TABLES, PARTITIONS, [HOME], "alive", stop, idle_wait_ms=10, on_step=on_step
     )
     assert totals == AppliedCounts(accepted=2)
     assert wallet(redis_client) == Decimal("1000") + Decimal("500") - Decimal("1400")
@@ -203,11 +224,11 @@ def test_reclaim_respects_the_idle_time(redis_client: redis.Redis) -> None:
     """Entries idle for less than ``min_idle_ms`` stay with their consumer."""
     load(redis_client)
     publish(redis_client, type="deposit", amount="1")
-    ensure_group(redis_client)
-    redis_client.xreadgroup(GROUP, "ghost", {keys.ACCOUNT_EVENTS: ">"})
-    assert reclaim_pending(redis_client, "alive", min_idle_ms=60_000) == 0
+    ensure_group(redis_client, HOME)
+    redis_client.xreadgroup(GROUP, "ghost", {STREAM: ">"})
+    assert reclaim_pending(redis_client, HOME, "alive", min_idle_ms=60_000) == 0
     assert step(redis_client, "alive") == AppliedCounts()
-    assert reclaim_pending(redis_client, "alive", min_idle_ms=0) == 1
+    assert reclaim_pending(redis_client, HOME, "alive", min_idle_ms=0) == 1
     assert step(redis_client, "alive") == AppliedCounts(accepted=1)
     assert wallet(redis_client) == Decimal("1000") + Decimal("1")
 
@@ -225,8 +246,8 @@ def test_own_pending_entries_come_before_new_ones(redis_client: redis.Redis) -> 
     """After a crash between delivery and acknowledgement, the same consumer resumes there."""
     load(redis_client)
     publish(redis_client, type="deposit", amount="500")
-    ensure_group(redis_client)
-    redis_client.xreadgroup(GROUP, "applier", {keys.ACCOUNT_EVENTS: ">"})  # crash before XACK
+    ensure_group(redis_client, HOME)
+    redis_client.xreadgroup(GROUP, "applier", {STREAM: ">"})  # crash before XACK
     publish(redis_client, type="withdraw", amount="1400")
     assert step(redis_client) == AppliedCounts(accepted=1)
     assert step(redis_client) == AppliedCounts(accepted=1)
@@ -237,9 +258,9 @@ def test_entry_deleted_before_it_was_applied(redis_client: redis.Redis) -> None:
     """A pending entry trimmed from the stream is dead-lettered, not lost silently."""
     load(redis_client)
     entry_id = publish(redis_client, type="deposit", amount="5")
-    ensure_group(redis_client)
-    redis_client.xreadgroup(GROUP, "applier", {keys.ACCOUNT_EVENTS: ">"})
-    redis_client.xdel(keys.ACCOUNT_EVENTS, entry_id)
+    ensure_group(redis_client, HOME)
+    redis_client.xreadgroup(GROUP, "applier", {STREAM: ">"})
+    redis_client.xdel(STREAM, entry_id)
     assert step(redis_client) == AppliedCounts(rejected=1)
     (letter,) = dead_letters(redis_client)
     assert letter == {
@@ -255,3 +276,86 @@ def test_redis_errors_propagate() -> None:
     client = redis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
     with pytest.raises(redis.ConnectionError):
         step(client)
+
+
+def test_an_event_in_another_partitions_stream_is_dead_lettered(
+    redis_client: redis.Redis,
+) -> None:
+    """a1's event written to the wrong partition's stream is refused, naming both partitions."""
+    load(redis_client)
+    other = (HOME + 1) % PARTITIONS
+    event = {"type": "deposit", "account_id": "a1", "amount": "5"}
+    redis_client.xadd(keys.account_events(other), {"event": json.dumps(event)})
+    lease = partition_lease(redis_client, other, "applier", 10_000)
+    assert lease.keep()
+    assert apply_pending(redis_client, TABLES, PARTITIONS, lease, other) == AppliedCounts(
+        rejected=1
+    )
+    ((_id, letter),) = redis_client.xrange(keys.dead_letters(other))
+    assert (
+        letter[b"reason"]
+        == (
+            f"account_id: a1 belongs to partition {HOME}, not to partition {other} whose stream "
+            "holds the event"
+        ).encode()
+    )
+    assert (version(redis_client), wallet(redis_client)) == (1, Decimal("1000"))
+
+
+def test_one_lease_holder_at_a_time_and_a_waiting_one_takes_over(
+    redis_client: redis.Redis,
+) -> None:
+    """While "first" holds the lease "second" cannot take it; released, it can, with a larger
+    fencing token."""
+    first = lease_of(redis_client, "first")
+    second = partition_lease(redis_client, HOME, "second", 10_000)
+    assert not second.keep()
+    assert first.keep()  # renewing is still fine
+    first_token = first.token
+    first.release()
+    assert not first.held
+    assert second.keep()
+    assert second.token == first_token + 1
+    assert redis_client.get(keys.applier_lease(HOME)) == second.value
+
+
+def test_an_expired_lease_is_taken_over(redis_client: redis.Redis) -> None:
+    """A holder that stops renewing loses the lease after its TTL."""
+    stale = partition_lease(redis_client, HOME, "stale", 200)
+    assert stale.keep()
+    fresh = partition_lease(redis_client, HOME, "fresh", 10_000)
+    assert not fresh.keep()
+    wait_for(fresh.keep, "the lease to expire and be taken", timeout=5)
+    assert fresh.token > stale.token
+
+
+def test_an_applier_whose_lease_was_taken_writes_nothing(redis_client: redis.Redis) -> None:
+    """Fencing: "old" still believes it holds the lease, "new" took it; old's step applies
+    nothing, leaves the entry pending and gives the lease up."""
+    load(redis_client)
+    old = lease_of(redis_client, "old")
+    publish(redis_client, type="deposit", amount="7")
+    redis_client.delete(keys.applier_lease(HOME))  # as if it had expired
+    new = partition_lease(redis_client, HOME, "new", 10_000)
+    assert new.keep()
+    assert apply_pending(redis_client, TABLES, PARTITIONS, old, HOME) == AppliedCounts()
+    assert not old.held
+    assert (version(redis_client), wallet(redis_client)) == (1, Decimal("1000"))
+    assert pending(redis_client) == 1  # delivered to old, not acknowledged
+    assert reclaim_pending(redis_client, HOME, "new") == 1
+    assert apply_pending(redis_client, TABLES, PARTITIONS, new, HOME) == AppliedCounts(accepted=1)
+    assert wallet(redis_client) == Decimal("1007")
+
+
+def test_the_client_writes_to_the_accounts_partition(redis_client: redis.Redis) -> None:
+    """``publish_account_event`` reads P from Redis and picks the partition's stream."""
+    load(redis_client)
+    entry_id = publish_account_event(
+        redis_client, {"type": "deposit", "account_id": "a1", "amount": "3"}
+    )
+    ((found_id, fields),) = redis_client.xrange(STREAM)
+    assert found_id.decode() == entry_id
+    assert json.loads(fields[b"event"]) == {"type": "deposit", "account_id": "a1", "amount": "3"}
+    assert step(redis_client) == AppliedCounts(accepted=1)
+    with pytest.raises(ValueError, match=r"^account_id: required"):
+        publish_account_event(redis_client, {"type": "deposit", "amount": "3"})

@@ -24,8 +24,8 @@ import jsonschema
 import pytest
 import yaml
 
+from marginwatch.base.partitions import parse_partitions
 from marginwatch.cli.main import _parser
-from marginwatch.runtime.process import parse_partitions
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -193,7 +193,7 @@ def runtimes(
     Celery app, their metrics on fresh registries."""
     settings = Settings(redis_url=redis_server.url, partitions=1, webhook_max_attempts=3)
     store_accounts(redis_client, BOOK, partitions=1)
-    redis_client.set(keys.INSURANCE_FUND, str(FUND))
+    redis_client.set(keys.insurance_fund(0), str(FUND))
     publish(redis_client, BTCUSDT="48950", ETHUSDT="2500")
     app = make_celery(settings, redis_server.url)
     worker = WorkerRuntime(settings, redis_client, TABLES, app)
@@ -290,7 +290,7 @@ def test_stale_symbols_count_held_symbols_without_a_recent_tick(runtime: WorkerR
 
 def action(account_id: str, kind: ActionKind) -> Action:
     """An action on the cross pool triggered by a tick two seconds ago."""
-    return Action(kind, account_id, "cross", 1, 1, time.time_ns() // 1_000_000 - 2_000)
+    return Action(kind, 0, account_id, "cross", 1, 1, time.time_ns() // 1_000_000 - 2_000)
 
 
 CALL, RESOLVED, LIQUIDATE = (
@@ -301,7 +301,7 @@ def test_executor_actions_move_the_executor_metrics(executor: ExecutorRuntime) -
     """Margin call once, liquidation with its notional and the fund, skips, the resolution."""
     registry = CollectorRegistry()
     executor.metrics = ExecutorMetrics(registry)
-    executor.metrics.insurance_fund.read = insurance_fund_reader(executor.client)
+    executor.metrics.insurance_fund.read = insurance_fund_reader(executor.client, [0])
     assert run_margin_calls(executor, [action("E", CALL)]) == ["sent"]
     assert run_margin_calls(executor, [action("E", CALL)]) == ["duplicate"]
     assert sample(registry, "marginwatch_margin_calls_total", margin_mode="cross") == 1
@@ -315,7 +315,7 @@ def test_executor_actions_move_the_executor_metrics(executor: ExecutorRuntime) -
     # E closes 1 BTC at 48,000; 1,265 − 2,000 leaves 735 for the fund to cover, no fee.
     notional = sample(registry, "marginwatch_liquidated_notional_usdt_total", symbol="BTCUSDT")
     assert notional == 48_000
-    assert sample(registry, "marginwatch_insurance_fund_usdt") == float(FUND - 735)
+    assert sample(registry, "marginwatch_insurance_fund_usdt", partition="0") == float(FUND - 735)
     skipped = "marginwatch_liquidations_skipped_total"
     assert sample(registry, skipped, reason="rescued") == 1
     assert sample(registry, skipped, reason="unavailable") == 1
@@ -329,18 +329,23 @@ def test_executor_actions_move_the_executor_metrics(executor: ExecutorRuntime) -
 
 
 def test_insurance_fund_is_exported_only_when_it_can_be_read(redis_client: redis.Redis) -> None:
-    """No reader or a failing Redis: no sample (max() over executors stays the fund)."""
+    """Each served partition's ledger; no reader or a failing Redis: no sample."""
     registry = CollectorRegistry()
     metrics = ExecutorMetrics(registry)
-    assert sample(registry, "marginwatch_insurance_fund_usdt") is None
-    metrics.insurance_fund.read = insurance_fund_reader(redis_client)
-    assert sample(registry, "marginwatch_insurance_fund_usdt") == 0
-    redis_client.set(keys.INSURANCE_FUND, "1234.5")
-    assert sample(registry, "marginwatch_insurance_fund_usdt") == 1234.5
+    name = "marginwatch_insurance_fund_usdt"
+    assert sample(registry, name, partition="0") is None
+    metrics.insurance_fund.read = insurance_fund_reader(redis_client, [0, 2])
+    assert sample(registry, name, partition="0") == 0
+    redis_client.set(keys.insurance_fund(0), "1234.5")
+    redis_client.set(keys.insurance_fund(1), "99")  # not served
+    redis_client.set(keys.insurance_fund(2), "-34.5")  # a ledger may go negative
+    assert sample(registry, name, partition="0") == 1234.5
+    assert sample(registry, name, partition="1") is None
+    assert sample(registry, name, partition="2") == -34.5
     no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
     gone = redis.Redis(port=free_port(), retry=no_retry)
-    metrics.insurance_fund.read = insurance_fund_reader(gone)
-    assert sample(registry, "marginwatch_insurance_fund_usdt") is None
+    metrics.insurance_fund.read = insurance_fund_reader(gone, [0])
+    assert sample(registry, name, partition="0") is None
 
 
 def test_applier_steps_count_account_events(executor: ExecutorRuntime) -> None:
@@ -348,15 +353,15 @@ def test_applier_steps_count_account_events(executor: ExecutorRuntime) -> None:
     registry = CollectorRegistry()
     metrics = ExecutorMetrics(registry)
     deposit = {"type": "deposit", "account_id": "H", "amount": "10", "event_id": "d-1"}
-    executor.client.xadd(keys.ACCOUNT_EVENTS, {"event": json.dumps(deposit)})
-    executor.client.xadd(keys.ACCOUNT_EVENTS, {"event": "not json"})
+    executor.client.xadd(keys.account_events(0), {"event": json.dumps(deposit)})
+    executor.client.xadd(keys.account_events(0), {"event": "not json"})
     stop = threading.Event()
 
     def on_step(counts: Any) -> None:
         observe_applied(metrics, counts)
         stop.set()
 
-    run_applier(executor.client, TABLES, 1, "test", stop, block_ms=100, on_step=on_step)
+    run_applier(executor.client, TABLES, 1, [0], "test", stop, idle_wait_ms=10, on_step=on_step)
     assert sample(registry, "marginwatch_account_events_total", outcome="accepted") == 1
     assert sample(registry, "marginwatch_account_events_total", outcome="rejected") == 1
 
@@ -509,7 +514,7 @@ def test_every_daemon_serves_metrics_on_its_port(
 ) -> None:
     """Worker, executor and producer processes each answer on MARGINWATCH_METRICS_PORT."""
     store_accounts(redis_client, BOOK[3:], partitions=1)  # H: no synthetic move liquidates it
-    redis_client.set(keys.INSURANCE_FUND, str(FUND))
+    redis_client.set(keys.insurance_fund(0), str(FUND))
     env = {**os.environ, "MARGINWATCH_REDIS_URL": redis_server.url, "MARGINWATCH_PARTITIONS": "1"}
     commands = {
         "worker": ["worker", "--partitions", "0", "--loglevel", "WARNING"],
@@ -530,7 +535,7 @@ def test_every_daemon_serves_metrics_on_its_port(
                  "the producer's accepted ticks")  # fmt: skip
         evaluations = 'marginwatch_evaluations_total{partition="0"}'
         wait_for(lambda: scraped(ports["worker"]).get(evaluations, 0) > 0, "an evaluation")
-        fund = "marginwatch_insurance_fund_usdt"
+        fund = 'marginwatch_insurance_fund_usdt{partition="0"}'
         wait_for(lambda: scraped(ports["executor"]).get(fund) == float(FUND), "the fund")
     finally:
         for process in processes:

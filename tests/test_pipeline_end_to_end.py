@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,18 @@ import pytest
 import redis
 
 from marginwatch.base import keys
+from marginwatch.base.partitions import partition_of
 from marginwatch.base.settings import Settings
 from marginwatch.cli.embedded_redis import RedisServer
 from marginwatch.cli.status import account_report
+from marginwatch.client import publish_account_event
 from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import Account, MarginMode, Position, PositionMode, PositionSide
-from marginwatch.runtime.celery_app import ACTIONS_QUEUE, MARGIN_CALLS_QUEUE
+from marginwatch.runtime.celery_app import actions_queue, margin_calls_queue
+from marginwatch.state import streams
 from marginwatch.state.accounts import read_account, store_accounts
-from marginwatch.state.applier import apply_pending
+from marginwatch.state.applier import apply_pending, partition_lease
+from marginwatch.state.fund import credit_ledger, read_insurance_fund, read_ledgers
 from tests.polling import wait_for
 
 D = Decimal
@@ -170,15 +174,19 @@ class Pipeline:
         marks = self.client.mget([keys.partition_evaluated(p) for p in range(PARTITIONS)])
         return all(mark is not None and int(mark) >= sequence for mark in marks)
 
-    def stream(self, name: str) -> list[dict[str, str]]:
-        entries = self.client.xrange(name)
-        return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in entries]
+    def stream(self, name: streams.StreamName) -> list[dict[str, str]]:
+        """Every entry of every partition's stream ``name``, oldest first."""
+        return [fields for _id, fields in streams.read_all(self.client, name, PARTITIONS)]
 
     def events(self, kind: str) -> list[tuple[str, str]]:
         liquidation = kind in {"liquidation", "skipped"}
-        stream = keys.LIQUIDATIONS if liquidation else keys.MARGIN_CALL_EVENTS
+        stream = keys.liquidations if liquidation else keys.margin_call_events
         entries = self.stream(stream)
         return sorted((e["account_id"], e["pool"]) for e in entries if e["kind"] == kind)
+
+    def queued(self, queue: Callable[[int], str]) -> int:
+        """Messages waiting on every partition's queue of this kind."""
+        return sum(int(self.client.llen(queue(p))) for p in range(PARTITIONS))
 
 
 @pytest.fixture
@@ -187,7 +195,7 @@ def pipeline(redis_server: RedisServer, tmp_path: Path) -> Iterator[Pipeline]:
     running = Pipeline(redis_server, tmp_path)
     running.client.flushdb()
     store_accounts(running.client, BOOK, PARTITIONS)
-    running.client.set(keys.INSURANCE_FUND, str(FUND_START))
+    credit_ledger(running.client, 0, FUND_START)  # the fund starts in partition 0's ledger
     running.replay(STAGES[0])
     running.start("executor", "executor", "--loglevel", "WARNING")
     running.start("worker-a", "worker", "--partitions", "0-1", "--loglevel", "WARNING")
@@ -226,27 +234,31 @@ def test_crash_takes_chosen_accounts_through_margin_call_to_liquidation(pipeline
 
     pipeline.stop("executor")
     wait_for(lambda: pipeline.evaluated(pipeline.replay(STAGES[3])), "stage 3 evaluated")
-    assert client.llen(MARGIN_CALLS_QUEUE) >= 1  # D's margin call
-    assert client.llen(ACTIONS_QUEUE) >= 5  # liquidations of A, B, C, D, E
+    assert pipeline.queued(margin_calls_queue) >= 1  # D's margin call
+    assert pipeline.queued(actions_queue) >= 5  # liquidations of A, B, C, D, E
     deposit = {"type": "deposit", "account_id": "E", "amount": "10000", "event_id": "dep-1"}
-    client.xadd(keys.ACCOUNT_EVENTS, {"event": json.dumps(deposit)})
-    applied = apply_pending(client, dict(default_tables()), PARTITIONS, "test", 10, None)
+    publish_account_event(client, deposit)
+    home = partition_of("E", PARTITIONS)
+    lease = partition_lease(client, home, "test", 10_000)
+    wait_for(lease.keep, "the stopped executor's applier lease")
+    applied = apply_pending(client, dict(default_tables()), PARTITIONS, lease, home, 10)
     assert applied.accepted == 1
+    lease.release()
     pipeline.start("executor", "executor", "--loglevel", "WARNING")
-    wait_for(lambda: len(pipeline.stream(keys.LIQUIDATIONS)) == 5, "four liquidations, one skip")
-    wait_for(lambda: client.llen(ACTIONS_QUEUE) == 0, "the actions queue drained")
+    wait_for(lambda: len(pipeline.stream(keys.liquidations)) == 5, "four liquidations, one skip")
+    wait_for(lambda: pipeline.queued(actions_queue) == 0, "the actions queues drained")
 
     d_pool = ("D", "isolated:ETHUSDT:BOTH")
     assert pipeline.events("margin_call") == [*called[:3], d_pool, called[3]]
     assert pipeline.events("liquidation") == [*called[:3], d_pool]
-    skipped = [e for e in pipeline.stream(keys.LIQUIDATIONS) if e["kind"] == "skipped"]
+    skipped = [e for e in pipeline.stream(keys.liquidations) if e["kind"] == "skipped"]
     assert [(e["account_id"], e["reason"].split(":")[0]) for e in skipped] == [("E", "rescued")]
     assert_balances_to_the_cent(client)
 
 
 def stored(client: redis.Redis, account_id: str) -> Account:
     """The account as Redis holds it now."""
-    found = read_account(client, account_id)
+    found = read_account(client, account_id, PARTITIONS)
     assert found is not None
     return found.account
 
@@ -269,10 +281,15 @@ def assert_balances_to_the_cent(client: redis.Redis) -> None:
     # E: rescued by its deposit, position intact.
     assert stored(client, "E").cross_wallet_balance == D(1265) + D(10_000)
     assert len(stored(client, "E").positions) == 1
-    fund = client.get(keys.INSURANCE_FUND)
-    assert fund is not None
-    assert D(fund.decode()) == FUND_START - D(3830) - D(2370) - D(4180) + D(24)
+    # The fund is the sum of the partitions' ledgers; each ledger moved by its own accounts only.
+    fund = read_insurance_fund(client, PARTITIONS)
+    assert fund == FUND_START - D(3830) - D(2370) - D(4180) + D(24)
+    change = {"A": -D(3830), "B": -D(2370), "C": -D(4180), "D": D(24)}
+    expected = {p: FUND_START if p == 0 else D(0) for p in range(PARTITIONS)}
+    for account_id, amount in change.items():
+        expected[partition_of(account_id, PARTITIONS)] += amount
+    assert read_ledgers(client, range(PARTITIONS)) == expected
     for healthy in ("H1", "H2", "H3"):
         assert stored(client, healthy) == next(a for a in BOOK if a.account_id == healthy)
-        version = client.hget(keys.account(healthy), "version")
+        version = client.hget(keys.account(partition_of(healthy, PARTITIONS), healthy), "version")
         assert version == b"1"  # never written again

@@ -67,8 +67,11 @@ import yaml
 from marginwatch.base import keys
 from marginwatch.cli.book_generator import generate_accounts
 from marginwatch.cli.embedded_redis import RedisServer, free_port
+from marginwatch.client import publish_account_event
 from marginwatch.producer.synthetic import MAJOR_START_PRICES
+from marginwatch.state import streams
 from marginwatch.state.accounts import store_accounts
+from marginwatch.state.fund import credit_ledger
 from tests.polling import wait_for
 from tests.prometheus_server import PrometheusServer, start_prometheus
 
@@ -332,8 +335,8 @@ class Pipeline:
 
     def margin_calls(self) -> int:
         """MARGIN_CALL events written to Redis."""
-        entries = self.client.xrange(keys.MARGIN_CALL_EVENTS)
-        return sum(1 for _id, fields in entries if fields.get(b"kind") == b"margin_call")
+        entries = streams.read_all(self.client, keys.margin_call_events, PARTITIONS)
+        return sum(1 for _id, fields in entries if fields.get("kind") == "margin_call")
 
     def surge_alerts(self) -> list[dict[str, Any]]:
         return [a for a in self.prometheus.alerts() if a["labels"]["alertname"] == SURGE_ALERT]
@@ -417,7 +420,7 @@ def pipeline(
     client.flushdb()  # the session's server: start from an empty database
     marks = {symbol: Decimal(str(MAJOR_START_PRICES[symbol])) for symbol in BOOK_SYMBOLS}
     store_accounts(client, generate_accounts(ACCOUNTS, marks, seed=1), PARTITIONS)
-    client.set(keys.INSURANCE_FUND, str(FUND_START))
+    credit_ledger(client, 0, FUND_START)
     with ExitStack() as stack:
         stack.callback(client.close)
         receiver = WebhookReceiver()
@@ -447,7 +450,7 @@ def pipeline(
             START_TIMEOUT,
         )
         for event in account_events():
-            client.xadd(keys.ACCOUNT_EVENTS, {"event": json.dumps(event)})
+            publish_account_event(client, event, PARTITIONS)
         running.crash_not_before = time.time() + CRASH_AT_SECONDS
         # Stopped first at teardown (callbacks run last in, first out): no ticks after it.
         stack.callback(stop_process, start_daemon(running, "producer", env, ports["producer"]))

@@ -12,6 +12,7 @@ from pathlib import Path
 import redis
 
 from marginwatch.base import keys
+from marginwatch.base.partitions import partition_of
 from marginwatch.base.settings import Settings
 from marginwatch.cli.embedded_redis import RedisServer
 from marginwatch.runtime.celery_app import make_celery
@@ -35,7 +36,7 @@ def test_accounts_load_stores_each_account(
     result = run(redis_server, "accounts", "load", str(EXAMPLE))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "stored 2 accounts in 4 partitions\n"
-    assert redis_client.hget(keys.account("alice"), "version") == b"1"
+    assert redis_client.hget(keys.account(partition_of("alice", 4), "alice"), "version") == b"1"
     assert redis_client.get(keys.PARTITION_COUNT) == b"4"
 
 
@@ -52,7 +53,7 @@ def test_accounts_load_rejects_a_bad_snapshot(
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.startswith("marginwatch: accounts[1].positions[0].quantity")
-    assert redis_client.exists(keys.account("alice")) == 0
+    assert redis_client.keys("*:account:*") == []
 
 
 def test_worker_with_another_partition_count_refuses_to_start(

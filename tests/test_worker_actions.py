@@ -31,7 +31,7 @@ D = Decimal
 SETTINGS = Settings(redis_url="unused", partitions=1, liquidation_fee_rate=D("0.001"))
 TABLES = dict(default_tables())
 ACCOUNT = Account("E", D(1265), (Position("BTCUSDT", D(1), D(50_000), 20, MarginMode.CROSS),))
-CALL = Action(ActionKind.MARGIN_CALL, "E", "cross", 1, 7, 1_700_000_000_000)
+CALL = Action(ActionKind.MARGIN_CALL, 0, "E", "cross", 1, 7, 1_700_000_000_000)  # P = 1
 RESOLUTION = replace(CALL, kind=ActionKind.MARGIN_CALL_RESOLVED)
 LIQUIDATION = replace(CALL, kind=ActionKind.LIQUIDATION)
 
@@ -58,14 +58,14 @@ def test_margin_call_event_is_binance_shaped_and_sent_once(stored: redis.Redis) 
     assert event["p"] == [{"s": "BTCUSDT", "ps": "BOTH", "pa": "1", "mt": "CROSSED", "iw": "0",
                            "mp": "48950", "up": "-1050", "mm": "195.8"}]  # fmt: skip
     assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0] == ("duplicate", None)
-    assert stored.xlen(keys.MARGIN_CALL_EVENTS) == 1
+    assert stored.xlen(keys.margin_call_events(0)) == 1
 
 
 def test_margin_call_not_confirmed_after_recovery(stored: redis.Redis) -> None:
     """At 49,500 the exact ratio is 198 / 765 = 0.26: nothing is sent."""
     mark(stored, "49500", 1)
     assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0] == ("not_confirmed", None)
-    assert stored.xlen(keys.MARGIN_CALL_EVENTS) == 0
+    assert stored.xlen(keys.margin_call_events(0)) == 0
 
 
 def test_resolution_ends_the_episode(stored: redis.Redis) -> None:
@@ -75,34 +75,34 @@ def test_resolution_ends_the_episode(stored: redis.Redis) -> None:
     mark(stored, "49500", 2)
     assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "sent"
     assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "duplicate"
-    kinds = [fields[b"kind"] for _id, fields in stored.xrange(keys.MARGIN_CALL_EVENTS)]
+    kinds = [fields[b"kind"] for _id, fields in stored.xrange(keys.margin_call_events(0))]
     assert kinds == [b"margin_call", b"resolved"]
 
 
 def test_liquidation_executes_exactly_once(stored: redis.Redis) -> None:
     """At 48,700 the pool is bankrupt: closed once; a redelivered task changes nothing."""
-    stored.set(keys.INSURANCE_FUND, "1000")
+    stored.set(keys.insurance_fund(0), "1000")
     mark(stored, "48700", 1)
     assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "liquidated"
     assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "duplicate"
-    after = read_account(stored, "E")
+    after = read_account(stored, "E", 1)
     assert after is not None
     assert after.version == 2
     assert after.account.positions == ()
     assert after.account.cross_wallet_balance == 0
     # 1,265 + 1 × (48,700 − 50,000) = −35: no fee, the fund covers 35.
-    assert stored.get(keys.INSURANCE_FUND) == str(D(1000) - D(35)).encode()
-    assert stored.xlen(keys.LIQUIDATIONS) == 1
+    assert stored.get(keys.insurance_fund(0)) == str(D(1000) - D(35)).encode()
+    assert stored.xlen(keys.liquidations(0)) == 1
 
 
 def test_liquidation_skipped_when_rescued(stored: redis.Redis) -> None:
     """A price back at 49,500 by execution time: skipped, recorded, account unchanged."""
     mark(stored, "49500", 1)
     assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "skipped"
-    ((_id, fields),) = stored.xrange(keys.LIQUIDATIONS)
+    ((_id, fields),) = stored.xrange(keys.liquidations(0))
     assert fields[b"kind"] == b"skipped"
     assert fields[b"reason"].startswith(b"rescued")
-    version = stored.hget(keys.account("E"), "version")
+    version = stored.hget(keys.account(0, "E"), "version")
     assert version == b"1"
 
 

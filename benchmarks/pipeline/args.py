@@ -22,7 +22,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--positions-per-account", type=float, default=3.0, help="top-up target (0: none)"
     )
     parser.add_argument(
-        "--executors", type=int, default=1, help="executor processes (deployment knob)"
+        "--executors",
+        type=int,
+        default=1,
+        help="executor processes, each on its own partition range",
     )
     parser.add_argument("--crash-move", type=float, default=-12.0, help="percent")
     parser.add_argument("--crash-seconds", type=float, default=30.0, help="each crash's length")

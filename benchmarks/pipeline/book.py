@@ -12,6 +12,7 @@ from decimal import Decimal
 import numpy as np
 import redis
 
+from marginwatch.base.partitions import partition_of
 from marginwatch.base.ticks import Tick
 from marginwatch.cli.book_generator import generate_accounts
 from marginwatch.engine.brackets import default_tables
@@ -19,7 +20,7 @@ from marginwatch.engine.types import Account, PositionMode
 from marginwatch.producer.publisher import Publisher
 from marginwatch.producer.run import synthetic_symbols
 from marginwatch.producer.synthetic import MarketSpec, start_prices, to_significant_digits
-from marginwatch.state.accounts import partition_of, store_accounts
+from marginwatch.state.accounts import store_accounts
 
 
 def pick_symbols(count: int) -> tuple[str, ...]:

@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 from marginwatch.base import metrics
-from marginwatch.runtime import celery_app
-from marginwatch.runtime.celery_app import WEBHOOKS_QUEUE
 
 WORKERS = 2
 GOAL_P99_MS = 250.0
@@ -26,12 +24,6 @@ SCRAPED = (
     *(f"{name}_{part}" for name in (DURATION_METRIC, TICK_AGE_METRIC) for part in ("sum", "count")),
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-# The executor's queues but webhooks: ACTIONS_QUEUE and any other the Celery app names.
-ACTION_QUEUES = sorted(
-    value
-    for name, value in vars(celery_app).items()
-    if name.endswith("_QUEUE") and not name.startswith("_") and value != WEBHOOKS_QUEUE
-)
 NAIVE_SCRIPT = Path(__file__).resolve().parents[1] / "naive_baseline.py"
 
 

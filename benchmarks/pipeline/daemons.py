@@ -61,10 +61,10 @@ def marginwatch(*args: str) -> list[str]:
     return [sys.executable, "-m", "marginwatch", *args]
 
 
-def worker_specs(partitions: int) -> list[str]:
-    """``--partitions`` of each worker: contiguous halves."""
-    bounds = np.linspace(0, partitions, WORKERS + 1).round().astype(int)
-    return [f"{bounds[w]}-{bounds[w + 1] - 1}" for w in range(WORKERS)]
+def worker_specs(partitions: int, processes: int = WORKERS) -> list[str]:
+    """``--partitions`` of each of ``processes`` workers (or executors): contiguous ranges."""
+    bounds = np.linspace(0, partitions, processes + 1).round().astype(int)
+    return [f"{bounds[w]}-{bounds[w + 1] - 1}" for w in range(processes)]
 
 
 def crash_scenarios(symbols: Sequence[str], args: argparse.Namespace) -> list[str]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmarks import naive_baseline as naive
 from benchmarks.pipeline.book import Book
-from benchmarks.pipeline.config import ACTION_QUEUES, GOAL_P99_MS, WORKERS
+from benchmarks.pipeline.config import GOAL_P99_MS, WORKERS
 from benchmarks.pipeline.daemons import worker_specs
 from benchmarks.pipeline.naive import NaiveRun
 from benchmarks.pipeline.observe import Sample, cpu_shares, trend
@@ -136,7 +136,7 @@ def print_backlog(run: PipelineRun) -> None:
             [s.partition_queued for s in samples],
             2,
         ),
-        f"action queues (LLEN of {', '.join(ACTION_QUEUES)}), messages": (
+        "action queues (LLEN of every partition's margin-call and liquidation queues), messages": (
             [s.actions_queued for s in samples],
             20,
         ),

@@ -12,11 +12,11 @@ import numpy as np
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.pipeline.config import ACTION_QUEUES, HISTOGRAMS, SCRAPED
+from benchmarks.pipeline.config import HISTOGRAMS, SCRAPED
 from benchmarks.pipeline.daemons import Daemons
 from benchmarks.pipeline.proc import cpu_seconds, rss_kib
 from marginwatch.base import keys
-from marginwatch.runtime.celery_app import WEBHOOKS_QUEUE, partition_queue
+from marginwatch.runtime.celery_app import WEBHOOKS_QUEUE, executor_queues, partition_queue
 
 
 class EvaluationCounter:
@@ -127,7 +127,11 @@ def take_sample(client: redis.Redis, partitions: int, pids: Mapping[str, int]) -
     pipe.get(keys.TICK_SEQUENCE)
     pipe.mget([keys.partition_evaluated(p) for p in range(partitions)])
     pipe.mget([keys.partition_pending(p) for p in range(partitions)])
-    queues = [*(partition_queue(p) for p in range(partitions)), *ACTION_QUEUES, WEBHOOKS_QUEUE]
+    queues = [
+        *(partition_queue(p) for p in range(partitions)),
+        *executor_queues(range(partitions)),
+        WEBHOOKS_QUEUE,
+    ]
     for name in queues:
         pipe.llen(name)
     pipe.hlen("unacked")

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import redis
@@ -45,6 +44,7 @@ from benchmarks.pipeline.observe import (
 from benchmarks.pipeline.proc import all_cpu_seconds, machine_busy_seconds, other_processes
 from marginwatch.base import keys
 from marginwatch.cli.embedded_redis import RedisServer, free_port
+from marginwatch.state import streams
 
 
 @dataclass
@@ -94,8 +94,8 @@ class Context:
 
 def start_pipeline(ctx: Context) -> list[int]:
     """Executor and workers; returns the workers' metrics ports."""
-    for number in range(ctx.args.executors):
-        command = marginwatch("executor", "--loglevel", "WARNING")
+    for number, spec in enumerate(worker_specs(ctx.args.partitions, ctx.args.executors)):
+        command = marginwatch("executor", "--partitions", spec, "--loglevel", "WARNING")
         ctx.daemons.start(f"executor-{number}" if number else "executor", command)
     ports = []
     for number, spec in enumerate(worker_specs(ctx.args.partitions)):
@@ -163,7 +163,7 @@ def run_pipeline(ctx: Context, book: Book) -> PipelineRun:
         measure_producer_run(ctx, run, ports, counter, book)
     finally:
         counter.stop()
-    read_margin_calls(client, run)
+    read_margin_calls(client, partitions, run)
     write_timeline(run, ctx.daemons.logs / "timeline.csv")
     for name, process in ctx.daemons.processes.items():
         if name.startswith("py-spy"):
@@ -254,15 +254,17 @@ def count_evaluations(
     run.positions_evaluated = positions / run.seconds
 
 
-def stream_entries(client: redis.Redis, stream: str) -> list[dict[str, str]]:
-    entries: list[Any] = client.xrange(stream)  # type: ignore[assignment]
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in entries]
+def stream_entries(
+    client: redis.Redis, stream: streams.StreamName, partitions: int
+) -> list[dict[str, str]]:
+    """Every partition's entries of ``stream``, oldest first."""
+    return [fields for _id, fields in streams.read_all(client, stream, partitions)]
 
 
-def read_margin_calls(client: redis.Redis, run: PipelineRun) -> None:
+def read_margin_calls(client: redis.Redis, partitions: int, run: PipelineRun) -> None:
     """Latency of every MARGIN_CALL from the producer's run: emitted - tick event time."""
     start_ms = run.window[0] * 1000 - 2_000
-    events = stream_entries(client, keys.MARGIN_CALL_EVENTS)
+    events = stream_entries(client, keys.margin_call_events, partitions)
     calls = [e for e in events if e["kind"] == "margin_call"]
     calls = [e for e in calls if int(e["tick_event_time_ms"]) >= start_ms]
     calls.sort(key=lambda e: int(e["emitted_ms"]))
@@ -271,7 +273,7 @@ def read_margin_calls(client: redis.Redis, run: PipelineRun) -> None:
     run.resolved = sum(e["kind"] == "resolved" for e in events)
     thirds = np.array_split(np.array(run.latencies_ms), 3) if run.latencies_ms else []
     run.latency_thirds_ms = [float(np.percentile(t, 99)) if len(t) else 0.0 for t in thirds]
-    for entry in stream_entries(client, keys.LIQUIDATIONS):
+    for entry in stream_entries(client, keys.liquidations, partitions):
         run.liquidations[entry["kind"]] = run.liquidations.get(entry["kind"], 0) + 1
         if int(entry["tick_event_time_ms"]) >= start_ms:
             latency = int(entry["executed_ms"]) - int(entry["tick_event_time_ms"])

@@ -1,7 +1,8 @@
 """The action message: what a partition worker asks the executor to do, made in one place.
 
-An action names a kind, a pool of an account at the account version the worker saw, and the
-tick that triggered it (its sequence and event time, for latency). The executor re-checks every
+An action names a kind, a pool of an account (and the account's partition, which decides the
+executor's queue and every key the action touches) at the account version the worker saw, and
+the tick that triggered it (its sequence and event time, for latency). The executor re-checks every
 action against the newest state before it acts, so the message carries what identifies the
 work, never a decision. On the wire it is a JSON object (``to_message`` / ``from_message``)
 with a schema version; only the Celery layer (``marginwatch.runtime.celery_app``) knows which
@@ -32,7 +33,8 @@ class ActionMessageError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One action: ``kind`` for ``pool`` of ``account_id`` seen at ``account_version``.
+    """One action: ``kind`` for ``pool`` of ``account_id`` (in ``partition``) seen at
+    ``account_version``.
 
     ``tick_sequence`` and ``tick_event_time_ms`` are the newest tick among the pool's symbols
     when the worker decided (0 when none); ``detected_ratio`` is the exact ratio it saw
@@ -40,6 +42,7 @@ class Action:
     """
 
     kind: ActionKind
+    partition: int
     account_id: str
     pool: str
     account_version: int
@@ -52,6 +55,7 @@ class Action:
         return {
             "schema": SCHEMA_VERSION,
             "kind": self.kind.value,
+            "partition": self.partition,
             "account_id": self.account_id,
             "pool": self.pool,
             "account_version": self.account_version,
@@ -75,9 +79,10 @@ class Action:
         ratio = message.get("detected_ratio")
         if ratio is not None and not isinstance(ratio, str):
             raise ActionMessageError("detected_ratio: expected a decimal string or null")
-        return cls(kind, _text(message, "account_id"), _text(message, "pool"),
-                   _count(message, "account_version"), _count(message, "tick_sequence"),
-                   _count(message, "tick_event_time_ms"), ratio)  # fmt: skip
+        return cls(kind, _count(message, "partition"), _text(message, "account_id"),
+                   _text(message, "pool"), _count(message, "account_version"),
+                   _count(message, "tick_sequence"), _count(message, "tick_event_time_ms"),
+                   ratio)  # fmt: skip
 
 
 def _text(message: Mapping[str, Any], name: str) -> str:

@@ -1,6 +1,11 @@
 """Every Redis key and stream name of marginwatch, each written once, here.
 
-All keys share the ``mw:`` prefix so one Redis can be shared with other software.
+All keys share the ``mw:`` prefix so one Redis can be shared with other software. Everything
+about an account (its state, events, episodes, actions' idempotency, its share of the insurance
+fund) and about a partition lives under the partition's Redis Cluster hash tag, ``mw:{p7}:…``,
+so every script and transaction touches one hash slot. The few global keys are the deployment's
+partition count and the prices (tag ``{prices}``: the producer writes its three keys together);
+they are never written together with partition keys.
 """
 
 from __future__ import annotations
@@ -12,65 +17,134 @@ PARTITION_COUNT = PREFIX + "config:partitions"
 
 # Prices: latest mark per symbol (hash symbol -> tick JSON), the global tick sequence, and the
 # change-notice stream that wakes the partition dispatchers.
-PRICES = PREFIX + "prices"
-TICK_SEQUENCE = PREFIX + "prices:seq"
-TICKS = PREFIX + "ticks"
+PRICES = PREFIX + "{prices}:marks"
+TICK_SEQUENCE = PREFIX + "{prices}:seq"
+TICKS = PREFIX + "{prices}:ticks"
 
+# The consumer group of every partition's account-event stream.
+ACCOUNT_EVENTS_GROUP = "marginwatch"
+
+_PARTITION = PREFIX + "{{p{partition}}}:"  # mw:{p7}:
 # Accounts: one hash per account (fields ``version`` and ``state``), the members of each
 # partition, and each partition's stream of changed accounts.
-_ACCOUNT = PREFIX + "account:{account_id}"
-_PARTITION_MEMBERS = PREFIX + "partition:{partition}:accounts"
-_PARTITION_CHANGES = PREFIX + "partition:{partition}:changes"
-_PARTITION_PENDING = PREFIX + "partition:{partition}:pending"
-_PARTITION_STATUS = PREFIX + "partition:{partition}:status"
-_PARTITION_EVALUATED = PREFIX + "partition:{partition}:evaluated"
+_ACCOUNT = "account:{account_id}"
+_PARTITION_MEMBERS = "accounts"
+_PARTITION_CHANGES = "changes"
+_PARTITION_PENDING = "pending"
+_PARTITION_STATUS = "status"
+_PARTITION_EVALUATED = "evaluated"
+# Account events written by the venue's trading core, and those rejected; the applier's lease.
+_ACCOUNT_EVENTS = "account-events"
+_DEAD_LETTERS = "account-events:dead"
+_APPLIER_LEASE = "applier:lease"
+_APPLIER_FENCE = "applier:fence"
+# Actions and their outcomes; the partition's ledger of the insurance fund.
+_MARGIN_CALL_EVENTS = "margin-calls"
+_LIQUIDATIONS = "liquidations"
+_INSURANCE_FUND = "insurance-fund"
+_EPISODE = "episode:{account_id}:{pool}"
+_IDEMPOTENCY = "done:{key}"
 
-# Account events written by the venue's trading core, and those rejected.
-ACCOUNT_EVENTS = PREFIX + "account-events"
-ACCOUNT_EVENTS_GROUP = "marginwatch"
-DEAD_LETTERS = PREFIX + "account-events:dead"
+# The layout before partitions carried hash tags (read only by ``marginwatch migrate``).
+LEGACY_PRICES = PREFIX + "prices"
+LEGACY_TICK_SEQUENCE = PREFIX + "prices:seq"
+LEGACY_TICKS = PREFIX + "ticks"
+LEGACY_ACCOUNT_EVENTS = PREFIX + "account-events"
+LEGACY_DEAD_LETTERS = PREFIX + "account-events:dead"
+LEGACY_MARGIN_CALL_EVENTS = PREFIX + "margin-calls"
+LEGACY_LIQUIDATIONS = PREFIX + "liquidations"
+LEGACY_INSURANCE_FUND = PREFIX + "insurance-fund"
+LEGACY_ACCOUNT_PREFIX = PREFIX + "account:"  # + account id
+LEGACY_EPISODE_PREFIX = PREFIX + "episode:"  # + account id + ":" + pool
+LEGACY_IDEMPOTENCY_PREFIX = PREFIX + "done:"  # + key
+LEGACY_LOCK_PREFIX = PREFIX + "lock:"  # + account id (no longer used)
+LEGACY_PARTITION_PREFIX = PREFIX + "partition:"  # + partition + ":" + name
+# The rest of the names of a legacy partition key, after the partition number.
+LEGACY_PARTITION_NAMES = {
+    "accounts": _PARTITION_MEMBERS,
+    "changes": _PARTITION_CHANGES,
+    "pending": _PARTITION_PENDING,
+    "status": _PARTITION_STATUS,
+    "evaluated": _PARTITION_EVALUATED,
+}
+# Celery's queues before they were per partition (``marginwatch migrate`` wants them empty).
+LEGACY_ACTION_QUEUES = ("marginwatch.actions", "marginwatch.margin-calls")
 
-# Actions and their outcomes.
-MARGIN_CALL_EVENTS = PREFIX + "margin-calls"
-LIQUIDATIONS = PREFIX + "liquidations"
-INSURANCE_FUND = PREFIX + "insurance-fund"
-_EPISODE = PREFIX + "episode:{account_id}:{pool}"
-_IDEMPOTENCY = PREFIX + "done:{key}"
-_ACCOUNT_LOCK = PREFIX + "lock:{account_id}"
+
+def partition_prefix(partition: int) -> str:
+    """``mw:{pN}:``, the prefix (and hash tag) of every key of partition ``N``."""
+    return _PARTITION.format(partition=partition)
 
 
-def account(account_id: str) -> str:
-    return _ACCOUNT.format(account_id=account_id)
+def _of(partition: int, name: str) -> str:
+    return partition_prefix(partition) + name
+
+
+def account(partition: int, account_id: str) -> str:
+    return _of(partition, _ACCOUNT.format(account_id=account_id))
 
 
 def partition_members(partition: int) -> str:
-    return _PARTITION_MEMBERS.format(partition=partition)
+    return _of(partition, _PARTITION_MEMBERS)
 
 
 def partition_changes(partition: int) -> str:
-    return _PARTITION_CHANGES.format(partition=partition)
+    return _of(partition, _PARTITION_CHANGES)
 
 
 def partition_pending(partition: int) -> str:
-    return _PARTITION_PENDING.format(partition=partition)
+    return _of(partition, _PARTITION_PENDING)
 
 
 def partition_status(partition: int) -> str:
-    return _PARTITION_STATUS.format(partition=partition)
+    return _of(partition, _PARTITION_STATUS)
 
 
 def partition_evaluated(partition: int) -> str:
     """The newest tick sequence a finished evaluation of the partition had read."""
-    return _PARTITION_EVALUATED.format(partition=partition)
+    return _of(partition, _PARTITION_EVALUATED)
 
 
-def episode(account_id: str, pool: str) -> str:
-    return _EPISODE.format(account_id=account_id, pool=pool)
+def partition_key(partition: int, name: str) -> str:
+    """A partition key by its name after the prefix (``LEGACY_PARTITION_NAMES`` values)."""
+    return _of(partition, name)
 
 
-def idempotency(key: str) -> str:
-    return _IDEMPOTENCY.format(key=key)
+def account_events(partition: int) -> str:
+    """The stream the trading core writes the partition's accounts' events to."""
+    return _of(partition, _ACCOUNT_EVENTS)
 
 
-def account_lock(account_id: str) -> str:
-    return _ACCOUNT_LOCK.format(account_id=account_id)
+def dead_letters(partition: int) -> str:
+    return _of(partition, _DEAD_LETTERS)
+
+
+def applier_lease(partition: int) -> str:
+    """Who applies the partition's account events now (value: fencing token and owner)."""
+    return _of(partition, _APPLIER_LEASE)
+
+
+def applier_fence(partition: int) -> str:
+    """The partition's fencing counter: incremented by every new lease."""
+    return _of(partition, _APPLIER_FENCE)
+
+
+def margin_call_events(partition: int) -> str:
+    return _of(partition, _MARGIN_CALL_EVENTS)
+
+
+def liquidations(partition: int) -> str:
+    return _of(partition, _LIQUIDATIONS)
+
+
+def insurance_fund(partition: int) -> str:
+    """The partition's ledger of the insurance fund (a decimal string; may be negative)."""
+    return _of(partition, _INSURANCE_FUND)
+
+
+def episode(partition: int, account_id: str, pool: str) -> str:
+    return _of(partition, _EPISODE.format(account_id=account_id, pool=pool))
+
+
+def idempotency(partition: int, key: str) -> str:
+    return _of(partition, _IDEMPOTENCY.format(key=key))

@@ -426,25 +426,31 @@ class LiquidationMapCollector(Collector):
 
 
 class InsuranceFundCollector(Collector):
-    """``marginwatch_insurance_fund_usdt``: the fund as ``read`` returns it at each scrape.
+    """``marginwatch_insurance_fund_usdt{partition}``: each served partition's ledger of the
+    fund as ``read`` returns them at each scrape.
 
-    ``read`` returns ``None`` when the value is unknown (no sample is exported): by default,
-    and in executors that only deliver webhooks, so ``max()`` over executors is the fund.
+    ``read`` returns ``None`` when the ledgers are unknown (no sample is exported): by default,
+    and in executors that only deliver webhooks. Two executors may serve the same partitions
+    (fail-over), so the fund is ``sum(max by (partition) (marginwatch_insurance_fund_usdt))``.
     """
 
     def __init__(self) -> None:
-        self.read: Callable[[], float | None] = lambda: None
+        self.read: Callable[[], Mapping[int, float] | None] = lambda: None
 
     def describe(self) -> Iterable[Metric]:
         return [self._family()]
 
     def collect(self) -> Iterable[Metric]:
         family = self._family()
-        value = self.read()
-        if value is not None:
-            family.add_metric([], value)
+        ledgers = self.read()
+        for partition, value in sorted((ledgers or {}).items()):
+            family.add_metric([str(partition)], value)
         return [family]
 
     @staticmethod
     def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(INSURANCE_FUND, "Insurance fund balance (USDT), read at scrape")
+        return GaugeMetricFamily(
+            INSURANCE_FUND,
+            "A partition's ledger of the insurance fund (USDT), read at scrape",
+            labels=["partition"],
+        )

@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--partitions", required=True, help='e.g. "0-7" or "0,2,4"')
     worker.add_argument("--loglevel", default="INFO")
     executor = commands.add_parser("executor", help="run the action executor")
+    executor.add_argument("--partitions", help='the partitions served, e.g. "0-7" (default: all)')
     executor.add_argument("--loglevel", default="INFO")
     executor.add_argument(
         "--queues",

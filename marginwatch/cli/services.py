@@ -10,6 +10,7 @@ from typing import TextIO
 import redis
 
 from marginwatch.base.exits import EXIT_INVALID_INPUT, EXIT_OK
+from marginwatch.base.partitions import parse_partitions
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
 from marginwatch.base.snapshot import SnapshotError, parse_snapshot
 from marginwatch.state.accounts import PartitionCountMismatchError, store_accounts
@@ -35,9 +36,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdou
 
         run_worker(settings, args.partitions, args.loglevel)
     elif command == "executor":
-        from marginwatch.executor.daemon import parse_queues, run_executor  # noqa: PLC0415 (only this command)
+        from marginwatch.executor.daemon import parse_roles, run_executor  # noqa: PLC0415 (only this command)
 
-        run_executor(settings, parse_queues(args.queues), args.loglevel)
+        served = parse_partitions(
+            args.partitions or f"0-{settings.partitions - 1}", settings.partitions
+        )
+        run_executor(settings, parse_roles(args.queues), served, args.loglevel)
     elif command == "producer":
         from marginwatch.producer.cli import run as run_producer  # noqa: PLC0415 (only this command)
 

@@ -1,13 +1,14 @@
 """``marginwatch status [ACCOUNT]``: live figures from Redis.
 
 Without an account: the riskiest pools that the partition workers last saw, the newest margin
-calls and liquidations, and the insurance fund. With one: the account's full report (the
+calls and liquidations over every partition, and the insurance fund (the sum of the partitions'
+ledgers). With one: the account's full report (the
 ``evaluate`` contract) at the newest marks, computed exactly.
 """
 
 from __future__ import annotations
 
-from typing import Any, TextIO
+from typing import TextIO
 
 import redis
 
@@ -16,7 +17,9 @@ from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.report import render_report
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
 from marginwatch.engine.exact import evaluate_account
+from marginwatch.state import streams
 from marginwatch.state.accounts import read_account
+from marginwatch.state.fund import read_insurance_fund
 from marginwatch.state.prices import read_ticks
 
 RISKIEST_SHOWN = 10
@@ -34,7 +37,7 @@ def print_status(settings: Settings, account_id: str | None, out: TextIO) -> int
 
 def account_report(client: redis.Redis, settings: Settings, account_id: str) -> str:
     """The account's report at the newest marks, as JSON."""
-    stored = read_account(client, account_id)
+    stored = read_account(client, account_id, settings.partitions)
     if stored is None:
         raise ConfigurationError(f"account {account_id!r} is not in Redis")
     ticks = read_ticks(client)
@@ -47,10 +50,6 @@ def account_report(client: redis.Redis, settings: Settings, account_id: str) -> 
     return render_report([report]).model_dump_json(indent=2)
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def riskiest(client: redis.Redis, partitions: int, count: int) -> list[tuple[str, float]]:
     """The ``count`` riskiest pools over all partitions, as ``("account|pool", ratio)``."""
     pipe = client.pipeline(transaction=False)
@@ -61,17 +60,19 @@ def riskiest(client: redis.Redis, partitions: int, count: int) -> list[tuple[str
     return sorted(pools, key=lambda pool: -pool[1])[:count]
 
 
-def recent(client: redis.Redis, stream: str, count: int) -> list[dict[str, str]]:
-    """The newest ``count`` entries of a stream, newest first, fields decoded."""
-    entries: list[Any] = client.xrevrange(stream, count=count)  # type: ignore[assignment]
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in entries]
+def recent(
+    client: redis.Redis, stream: streams.StreamName, partitions: int, count: int
+) -> list[dict[str, str]]:
+    """The newest ``count`` entries over every partition's stream, newest first."""
+    return [fields for _id, fields in streams.newest(client, stream, partitions, count)]
 
 
 def overview(client: redis.Redis, partitions: int) -> str:
     """A text summary: riskiest pools, newest margin calls and liquidations, fund, last tick."""
-    sequence, fund = client.mget(keys.TICK_SEQUENCE, keys.INSURANCE_FUND)
+    sequence = client.get(keys.TICK_SEQUENCE)
+    fund = read_insurance_fund(client, partitions)
     lines = [
-        f"newest tick sequence: {int(sequence or 0)}   insurance fund: {_text(fund or b'0')} USDT",
+        f"newest tick sequence: {int(sequence or 0)}   insurance fund: {fund} USDT",
         "",
         "riskiest pools (margin ratio):",
     ]
@@ -80,9 +81,10 @@ def overview(client: redis.Redis, partitions: int) -> str:
         lines.append(f"  {member.replace('|', '  '):<40} {ratio}")
     lines += ["", "newest margin calls:"]
     lines += [f"  {e['kind']:<12} {e['account_id']}  {e['pool']}  ratio {e['margin_ratio']}"
-              for e in recent(client, keys.MARGIN_CALL_EVENTS, EVENTS_SHOWN)]  # fmt: skip
+              for e in recent(client, keys.margin_call_events, partitions,
+                              EVENTS_SHOWN)]  # fmt: skip
     lines += ["", "newest liquidations:"]
-    for entry in recent(client, keys.LIQUIDATIONS, EVENTS_SHOWN):
+    for entry in recent(client, keys.liquidations, partitions, EVENTS_SHOWN):
         detail = (
             entry.get("reason")
             or f"fee {entry.get('fee')}, fund {entry.get('insurance_fund_change')}"

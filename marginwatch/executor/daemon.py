@@ -1,8 +1,15 @@
-"""The ``marginwatch executor`` daemon: Celery's solo pool on the action and/or webhook
-queues, with the account-events applier in a supervised helper thread (with the actions)."""
+"""The ``marginwatch executor`` daemon: Celery's solo pool on its partitions' action queues
+and/or the webhook queue, with the account-events applier of its partitions in a supervised
+helper thread (with the actions).
+
+Two executors may serve the same partitions: Celery gives each message to one of them, every
+effect is guarded in Redis (episode keys, liquidation idempotency keys), and one applier per
+partition holds the partition's lease while the other waits to take it over.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Sequence
@@ -17,66 +24,77 @@ from marginwatch.base.settings import ConfigurationError, Settings, redis_url
 from marginwatch.executor.instrumentation import insurance_fund_reader, observe_applied
 from marginwatch.executor.tasks import ExecutorRuntime, register_tasks
 from marginwatch.runtime.celery_app import (
-    ACTIONS_QUEUE,
-    MARGIN_CALLS_QUEUE,
     WEBHOOKS_QUEUE,
     consume_in_listed_order,
+    executor_queues,
 )
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import connect, metrics_served, run_celery, with_thread
 from marginwatch.state.applier import AppliedCounts, run_applier
 
 SCRAPE_TIMEOUT_SECONDS = 1.0
-# "actions": margin calls first, then liquidations (consumed in this order).
-EXECUTOR_QUEUES = {"actions": (MARGIN_CALLS_QUEUE, ACTIONS_QUEUE), "webhooks": (WEBHOOKS_QUEUE,)}
-DEFAULT_QUEUES = "actions,webhooks"
+ROLES = ("actions", "webhooks")
 
 
-def parse_queues(spec: str) -> list[str]:
-    """``"actions,webhooks"`` into Celery queue names."""
+def parse_roles(spec: str) -> list[str]:
+    """``"actions,webhooks"``: what the executor does (its ``--queues``)."""
     names = [name.strip() for name in spec.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(EXECUTOR_QUEUES))
+    unknown = sorted(set(names) - set(ROLES))
     if unknown or not names:
         raise ConfigurationError(f"--queues: expected actions and/or webhooks, got {spec!r}")
-    return [queue for name in names for queue in EXECUTOR_QUEUES[name]]
+    return [role for role in ROLES if role in names]
+
+
+def queues_of(roles: Sequence[str], partitions: Sequence[int]) -> list[str]:
+    """The Celery queues of ``roles`` for ``partitions``, in the order they are drained."""
+    actions = executor_queues(partitions) if "actions" in roles else []
+    return [*actions, *([WEBHOOKS_QUEUE] if "webhooks" in roles else [])]
 
 
 def _executor_metrics(
-    settings: Settings, queues: Sequence[str], registry: CollectorRegistry, symbols: Sequence[str]
+    settings: Settings,
+    roles: Sequence[str],
+    partitions: Sequence[int],
+    registry: CollectorRegistry,
+    symbols: Sequence[str],
 ) -> ExecutorMetrics:
-    """The executor's metrics; the one that liquidates (actions queue) exports the fund, read
-    at each scrape with a client that fails fast (a scrape never hangs on Redis)."""
+    """The executor's metrics; one that liquidates exports its partitions' ledgers of the fund,
+    read at each scrape with a client that fails fast (a scrape never hangs on Redis)."""
     metrics = ExecutorMetrics(registry, symbols)
-    if ACTIONS_QUEUE in queues:
+    if "actions" in roles:
         scrape_client = redis.Redis.from_url(
             redis_url(settings),
             socket_timeout=SCRAPE_TIMEOUT_SECONDS,
             socket_connect_timeout=SCRAPE_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 0),
         )
-        metrics.insurance_fund.read = insurance_fund_reader(scrape_client)
+        metrics.insurance_fund.read = insurance_fund_reader(scrape_client, partitions)
     return metrics
 
 
-def run_executor(settings: Settings, queues: Sequence[str], loglevel: str = "INFO") -> None:
-    """Execute actions until stopped; with the actions queue, also apply account events."""
+def run_executor(
+    settings: Settings, roles: Sequence[str], partitions: Sequence[int], loglevel: str = "INFO"
+) -> None:
+    """Execute the partitions' actions until stopped; with them, apply their account events."""
     base = connect(settings, loglevel)
     consume_in_listed_order(base.app)
     registry = CollectorRegistry()
-    metrics = _executor_metrics(settings, queues, registry, sorted(base.tables))
+    metrics = _executor_metrics(settings, roles, partitions, registry, sorted(base.tables))
     runtime = ExecutorRuntime(base.settings, base.client, base.tables, base.app, metrics=metrics)
     register_tasks(runtime.app, runtime)
-    consumer = f"executor-{socket.gethostname()}"
-    name = "executor-" + "-".join(queue.rsplit(".", 1)[-1] for queue in queues)
+    # Unique per process: two executors on one host must not share a consumer name.
+    consumer = f"executor-{socket.gethostname()}-{os.getpid()}"
+    name = f"executor-{'-'.join(roles)}-{consumer}"
 
     def on_step(counts: AppliedCounts) -> None:
         observe_applied(metrics, counts)
 
     def apply_events(stop: threading.Event) -> None:
-        if ACTIONS_QUEUE in queues:
+        if "actions" in roles:
             with counting_redis_errors(metrics.redis_errors):
-                run_applier(runtime.client, runtime.tables, settings.partitions, consumer, stop,
-                            on_step=on_step)  # fmt: skip
+                run_applier(runtime.client, runtime.tables, settings.partitions, partitions,
+                            consumer, stop, on_step=on_step)  # fmt: skip
 
+    queues = queues_of(roles, partitions)
     with metrics_served(settings, registry):
         with_thread(apply_events, lambda: run_celery(runtime.app, queues, name, loglevel))

@@ -7,15 +7,13 @@ and ``task_failure`` signals count retries and final failures of the action and 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from decimal import Decimal
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from celery import Celery
 from celery.signals import task_failure, task_retry
 
-from marginwatch.base import keys
 from marginwatch.base.actions import Action
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.base.pools import margin_mode_of
@@ -23,6 +21,7 @@ from marginwatch.executor.liquidation import LiquidationOutcome
 from marginwatch.runtime.celery_app import KIND_OF_TASK, TASK_DELIVER_WEBHOOK
 from marginwatch.runtime.observe import age_seconds
 from marginwatch.state.applier import AppliedCounts
+from marginwatch.state.fund import read_ledgers
 
 
 def observe_latency(metrics: ExecutorMetrics, action: Action) -> None:
@@ -66,15 +65,18 @@ def observe_applied(metrics: ExecutorMetrics, counts: AppliedCounts) -> None:
     metrics.account_events.labels("duplicate").inc(counts.duplicates)
 
 
-def insurance_fund_reader(client: redis.Redis) -> Callable[[], float | None]:
-    """Reads the insurance fund for a scrape (0 when unset; ``None`` when Redis fails)."""
+def insurance_fund_reader(
+    client: redis.Redis, partitions: Sequence[int]
+) -> Callable[[], dict[int, float] | None]:
+    """Reads the served partitions' ledgers for a scrape (0 when unset; ``None`` when Redis
+    fails)."""
 
-    def read() -> float | None:
+    def read() -> dict[int, float] | None:
         try:
-            stored = client.get(keys.INSURANCE_FUND)
+            ledgers = read_ledgers(client, partitions)
         except redis.RedisError:
             return None
-        return float(Decimal(stored.decode())) if isinstance(stored, bytes) else 0.0
+        return {partition: float(balance) for partition, balance in ledgers.items()}
 
     return read
 

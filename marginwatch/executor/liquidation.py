@@ -1,12 +1,13 @@
 """Liquidation, executed exactly once.
 
-The action names a pool at an account version. Under ``WATCH`` on the account, the insurance
-fund and the action's idempotency key, the executor re-evaluates the pool exactly against the
-latest account and the newest marks:
+The action names a pool at an account version. Under ``WATCH`` on the account, its partition's
+ledger of the insurance fund and the action's idempotency key (all on the partition's hash
+slot), the executor re-evaluates the pool exactly against the latest account and the newest
+marks:
 
 * still ``liquidation``: the pool is closed out at mark (``engine.closeout``); the new account
-  (version + 1), the insurance fund, the audit record and the idempotency key are written in one
-  ``MULTI``;
+  (version + 1), the partition's ledger, the audit record (on the partition's liquidation
+  stream) and the idempotency key are written in one ``MULTI``;
 * rescued (a deposit, a price move) or gone: nothing changes but the idempotency key, and the
   skip is recorded with its reason.
 
@@ -42,7 +43,7 @@ DONE_TTL_SECONDS = 30 * 24 * 3600
 def liquidation_key(action: Action) -> str:
     """Idempotency key of a liquidation action: account, pool and the version it was seen at."""
     return keys.idempotency(
-        f"liquidation:{action.account_id}:{action.pool}:{action.account_version}"
+        action.partition, f"liquidation:{action.account_id}:{action.pool}:{action.account_version}"
     )
 
 
@@ -77,7 +78,7 @@ def liquidate(
     action: Action,
 ) -> LiquidationOutcome:
     """Liquidate the pool if the exact path still says so; the outcome in full."""
-    done = liquidation_key(action)
+    done, ledger = liquidation_key(action), keys.insurance_fund(action.partition)
     marks = {symbol: tick.mark_price for symbol, tick in read_ticks(client).items()}
 
     def mutate(
@@ -86,18 +87,20 @@ def liquidate(
         if watched[done] is not None:
             return LiquidationOutcome("duplicate")
         pipe.set(done, now_ms(), ex=DONE_TTL_SECONDS)
-        fund_text = watched[keys.INSURANCE_FUND]
-        fund = Decimal(fund_text.decode()) if fund_text else Decimal(0)
-        return _liquidate_or_skip(pipe, current, marks, fund, tables, settings, action)
+        ledger_text = watched[ledger]
+        balance = Decimal(ledger_text.decode()) if ledger_text else Decimal(0)
+        return _liquidate_or_skip(pipe, current, marks, balance, tables, settings, action)
 
-    return update_account_watching(client, action.account_id, [done, keys.INSURANCE_FUND], mutate)
+    return update_account_watching(
+        client, action.account_id, settings.partitions, [done, ledger], mutate
+    )
 
 
 def _liquidate_or_skip(
     pipe: Pipeline,
     current: StoredAccount | None,
     marks: dict[str, Decimal],
-    fund: Decimal,
+    ledger: Decimal,
     tables: Mapping[str, BracketTable],
     settings: Settings,
     action: Action,
@@ -115,14 +118,14 @@ def _liquidate_or_skip(
     positions = [member.position for member in members]
     closeout = close_out(current.account, positions, marks, settings.liquidation_fee_rate_for)
     write_account(pipe, closeout.account_after, settings.partitions)
-    pipe.set(keys.INSURANCE_FUND, str(fund + closeout.insurance_fund_change))
-    _audit(pipe, action, current, decimal_string(pool.margin_ratio), closeout, fund)
+    pipe.set(keys.insurance_fund(action.partition), str(ledger + closeout.insurance_fund_change))
+    _audit(pipe, action, current, decimal_string(pool.margin_ratio), closeout, ledger)
     return LiquidationOutcome("liquidated", closed=closeout.closed)
 
 
 def _skip(pipe: Pipeline, action: Action, code: str, reason: str) -> LiquidationOutcome:
     pipe.xadd(
-        keys.LIQUIDATIONS,
+        keys.liquidations(action.partition),
         {"kind": "skipped", "account_id": action.account_id, "pool": action.pool,
          "version": action.account_version, "reason": reason, "executed_ms": now_ms(),
          "tick_sequence": action.tick_sequence,
@@ -139,7 +142,7 @@ def _audit(
     current: StoredAccount,
     margin_ratio: str | None,
     closeout: Closeout,
-    fund_before: Decimal,
+    ledger_before: Decimal,
 ) -> None:
     closed = [
         {"symbol": c.position.symbol, "position_side": c.position.position_side.value,
@@ -149,7 +152,7 @@ def _audit(
         for c in closeout.closed
     ]  # fmt: skip
     pipe.xadd(
-        keys.LIQUIDATIONS,
+        keys.liquidations(action.partition),
         {
             "kind": "liquidation",
             "account_id": action.account_id,
@@ -161,7 +164,8 @@ def _audit(
             "fee": str(closeout.fee_charged),
             "deficit_covered": str(closeout.deficit_covered),
             "insurance_fund_change": str(closeout.insurance_fund_change),
-            "insurance_fund_after": str(fund_before + closeout.insurance_fund_change),
+            "partition": action.partition,
+            "insurance_ledger_after": str(ledger_before + closeout.insurance_fund_change),
             "cross_wallet_after": str(closeout.account_after.cross_wallet_balance),
             "tick_sequence": action.tick_sequence,
             "tick_event_time_ms": action.tick_event_time_ms,

@@ -30,7 +30,7 @@ from marginwatch.base.report import decimal_string
 from marginwatch.base.settings import Settings
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.exact import AccountReport, PoolReport, PositionReport, evaluate_account
-from marginwatch.state.accounts import StoredAccount, read_account, read_accounts
+from marginwatch.state.accounts import StoredAccount, read_accounts
 from marginwatch.state.prices import read_ticks_of
 
 EVENTS_MAXLEN = 1_000_000
@@ -90,10 +90,10 @@ def execute_margin_calls(
     still calls for it, in three round trips whatever its size: the accounts (pipelined), their
     marks (one HMGET), and the episode scripts (pipelined). Returns each action's outcome
     (``sent``, ``duplicate``, ``not_confirmed`` or ``gone``) and the event emitted, in order."""
-    accounts = read_accounts(client, sorted({action.account_id for action in batch}))
+    accounts = _read_accounts_of(client, batch)
     symbols = {p.symbol for stored in accounts.values() for p in stored.account.positions}
     marks = {s: tick.mark_price for s, tick in read_ticks_of(client, symbols).items()}
-    found = [_pool_at(accounts.get(a.account_id), a.pool, marks, tables, settings)
+    found = [_pool_at(accounts.get((a.partition, a.account_id)), a.pool, marks, tables, settings)
              for a in batch]  # fmt: skip
     results: list[tuple[str, dict[str, Any] | None]] = [
         ("gone", None) if f is None else ("not_confirmed", None) for f in found
@@ -106,12 +106,24 @@ def execute_margin_calls(
     pipe = client.pipeline(transaction=False)
     for i, (_report, pool, _members) in confirmed.items():
         fields = _fields("margin_call", batch[i], pool, events[i])
-        episode = keys.episode(batch[i].account_id, batch[i].pool)
-        pipe.eval(_START_EPISODE, 2, episode, keys.MARGIN_CALL_EVENTS, batch[i].tick_sequence,
+        episode = keys.episode(batch[i].partition, batch[i].account_id, batch[i].pool)
+        stream = keys.margin_call_events(batch[i].partition)
+        pipe.eval(_START_EPISODE, 2, episode, stream, batch[i].tick_sequence,
                   EPISODE_TTL_SECONDS, EVENTS_MAXLEN, *_flat(fields))  # fmt: skip
     for i, started in zip(confirmed, pipe.execute(), strict=True):
         results[i] = ("sent", events[i]) if started else ("duplicate", None)
     return results
+
+
+def _read_accounts_of(
+    client: redis.Redis, batch: list[Action]
+) -> dict[tuple[int, str], StoredAccount]:
+    """The batch's accounts by (partition, id), read partition by partition."""
+    found: dict[tuple[int, str], StoredAccount] = {}
+    for partition in sorted({action.partition for action in batch}):
+        ids = sorted({a.account_id for a in batch if a.partition == partition})
+        found.update(((partition, i), s) for i, s in read_accounts(client, partition, ids).items())
+    return found
 
 
 def _calls(pool: PoolReport, settings: Settings) -> bool:
@@ -149,8 +161,9 @@ def execute_resolution(
             return "not_confirmed"
     event = {"e": "MARGIN_CALL_RESOLVED", "E": now_ms()}
     fields = _fields("resolved", action, None if found is None else found[1], event)
-    episode = keys.episode(action.account_id, action.pool)
-    ended = client.eval(_END_EPISODE, 2, episode, keys.MARGIN_CALL_EVENTS, EVENTS_MAXLEN,
+    episode = keys.episode(action.partition, action.account_id, action.pool)
+    stream = keys.margin_call_events(action.partition)
+    ended = client.eval(_END_EPISODE, 2, episode, stream, EVENTS_MAXLEN,
                         *_flat(fields))  # fmt: skip
     return "sent" if ended else "duplicate"
 
@@ -161,7 +174,7 @@ def _current_pool(
     settings: Settings,
     action: Action,
 ) -> tuple[AccountReport, PoolReport, list[PositionReport]] | None:
-    stored = read_account(client, action.account_id)
+    stored = read_accounts(client, action.partition, [action.account_id]).get(action.account_id)
     report = None if stored is None else evaluate_stored(client, stored, tables, settings)
     found = None if report is None else pool_of(report, action.pool)
     if report is None or found is None:

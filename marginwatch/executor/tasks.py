@@ -10,8 +10,9 @@ from typing import Any
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
-from marginwatch.base.actions import Action
+from marginwatch.base.actions import Action, ActionMessageError
 from marginwatch.base.metrics import ExecutorMetrics
+from marginwatch.base.partitions import partition_of
 from marginwatch.executor import instrumentation, liquidation, margin_calls, webhooks
 from marginwatch.runtime.celery_app import (
     RETRY_ON_REDIS_ERRORS,
@@ -35,6 +36,17 @@ class ExecutorRuntime(Runtime):
     them)."""
 
     metrics: ExecutorMetrics = field(default_factory=_unserved_metrics)
+
+
+def parse_action(runtime: ExecutorRuntime, message: Any) -> Action:
+    """The action of a message, whose partition must be its account's."""
+    action = Action.from_message(message)
+    home = partition_of(action.account_id, runtime.settings.partitions)
+    if action.partition != home:
+        raise ActionMessageError(
+            f"partition: {action.account_id} belongs to partition {home}, not {action.partition}"
+        )
+    return action
 
 
 def run_margin_calls(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]:
@@ -80,15 +92,15 @@ def register_tasks(app: Celery, runtime: ExecutorRuntime) -> None:
 
     @app.task(name=TASK_MARGIN_CALLS, **RETRY_ON_REDIS_ERRORS)
     def margin_calls_found(messages: list[dict[str, Any]]) -> list[str]:
-        return run_margin_calls(runtime, [Action.from_message(m) for m in messages])
+        return run_margin_calls(runtime, [parse_action(runtime, m) for m in messages])
 
     @app.task(name=TASK_MARGIN_CALL_RESOLVED, **RETRY_ON_REDIS_ERRORS)
     def margin_call_resolved(message: dict[str, Any]) -> str:
-        return run_resolution(runtime, Action.from_message(message))
+        return run_resolution(runtime, parse_action(runtime, message))
 
     @app.task(name=TASK_LIQUIDATE, **RETRY_ON_REDIS_ERRORS)
     def liquidate(message: dict[str, Any]) -> str:
-        return run_liquidation(runtime, Action.from_message(message))
+        return run_liquidation(runtime, parse_action(runtime, message))
 
     @app.task(name=TASK_DELIVER_WEBHOOK, autoretry_for=(webhooks.WebhookDeliveryError,),
               retry_backoff=True, retry_backoff_max=60, shared=False,

@@ -18,12 +18,13 @@ TASK_MARGIN_CALL_RESOLVED = "marginwatch.margin_call_resolved"
 TASK_LIQUIDATE = "marginwatch.liquidate"
 TASK_DELIVER_WEBHOOK = "marginwatch.deliver_webhook"
 
-ACTIONS_QUEUE = "marginwatch.actions"
-# Margin calls and their resolutions: cheap, latency-bound; the executor drains this queue
-# before it takes a liquidation (see ``consume_in_listed_order``).
-MARGIN_CALLS_QUEUE = "marginwatch.margin-calls"
-WEBHOOKS_QUEUE = "marginwatch.webhooks"
+# Every partition has its own queues: its evaluations, its margin calls and their resolutions
+# (cheap, latency-bound: an executor drains them before it takes a liquidation, see
+# ``consume_in_listed_order``) and its liquidations. Webhook deliveries share one queue.
 _PARTITION_QUEUE = "marginwatch.partition.{partition}"
+_MARGIN_CALLS_QUEUE = "marginwatch.margin-calls.{partition}"
+_ACTIONS_QUEUE = "marginwatch.actions.{partition}"
+WEBHOOKS_QUEUE = "marginwatch.webhooks"
 
 TASK_OF_KIND = {
     ActionKind.MARGIN_CALL: TASK_MARGIN_CALLS,
@@ -31,12 +32,6 @@ TASK_OF_KIND = {
     ActionKind.LIQUIDATION: TASK_LIQUIDATE,
 }
 KIND_OF_TASK = {task: kind for kind, task in TASK_OF_KIND.items()}
-QUEUE_OF_TASK = {
-    TASK_MARGIN_CALLS: MARGIN_CALLS_QUEUE,
-    TASK_MARGIN_CALL_RESOLVED: MARGIN_CALLS_QUEUE,
-    TASK_LIQUIDATE: ACTIONS_QUEUE,
-    TASK_DELIVER_WEBHOOK: WEBHOOKS_QUEUE,
-}
 
 # Options of every task that touches Redis: a connection or timeout error retries it with
 # backoff (at most 5 times). shared=False: a task belongs to its own app only (Celery would add
@@ -44,13 +39,38 @@ QUEUE_OF_TASK = {
 RETRY_ON_REDIS_ERRORS = {"autoretry_for": REDIS_ERRORS, "retry_backoff": True,
                          "retry_backoff_max": 30, "max_retries": 5, "shared": False}  # fmt: skip
 
-# Longer than any task may run (the hard time limit), so an unacknowledged task is redelivered
-# only after its worker is really gone.
+# By default longer than any task may run (the hard time limit), so an unacknowledged task is
+# redelivered only after its worker is really gone (``MARGINWATCH_VISIBILITY_TIMEOUT_SECONDS``
+# overrides it).
 VISIBILITY_MARGIN_SECONDS = 300
 
 
 def partition_queue(partition: int) -> str:
+    """The queue of the partition's evaluations."""
     return _PARTITION_QUEUE.format(partition=partition)
+
+
+def margin_calls_queue(partition: int) -> str:
+    """The queue of the partition's margin calls and resolutions."""
+    return _MARGIN_CALLS_QUEUE.format(partition=partition)
+
+
+def actions_queue(partition: int) -> str:
+    """The queue of the partition's liquidations."""
+    return _ACTIONS_QUEUE.format(partition=partition)
+
+
+def queue_of(kind: ActionKind, partition: int) -> str:
+    """The queue an action of ``kind`` of ``partition`` travels on."""
+    if kind is ActionKind.LIQUIDATION:
+        return actions_queue(partition)
+    return margin_calls_queue(partition)
+
+
+def executor_queues(partitions: Sequence[int]) -> list[str]:
+    """What an executor serving ``partitions`` consumes, in the order it drains them: every
+    margin-call queue first, then the liquidation queues."""
+    return [*map(margin_calls_queue, partitions), *map(actions_queue, partitions)]
 
 
 def make_celery(settings: Settings, broker_url: str) -> Celery:
@@ -67,28 +87,28 @@ def make_celery(settings: Settings, broker_url: str) -> Celery:
         task_time_limit=settings.task_time_limit_seconds,
         task_soft_time_limit=max(1, settings.task_time_limit_seconds - 5),
         broker_transport_options={
-            "visibility_timeout": settings.task_time_limit_seconds + VISIBILITY_MARGIN_SECONDS
+            "visibility_timeout": settings.visibility_timeout_seconds
+            or settings.task_time_limit_seconds + VISIBILITY_MARGIN_SECONDS
         },
         broker_connection_retry_on_startup=True,
-        task_default_queue=ACTIONS_QUEUE,
-        task_routes={task: {"queue": queue} for task, queue in QUEUE_OF_TASK.items()},
+        task_default_queue=WEBHOOKS_QUEUE,  # every other task is sent to an explicit queue
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
     return app
 
 
-def send_actions(app: Celery, actions: Sequence[Action]) -> None:
-    """Send one evaluation's actions: every margin call in one message first, then each
-    resolution and liquidation (the executor drains margin calls first, so a pool's margin
-    call still precedes its liquidation)."""
+def send_actions(app: Celery, partition: int, actions: Sequence[Action]) -> None:
+    """Send one evaluation's actions (all of ``partition``) to the partition's queues: every
+    margin call in one message first, then each resolution and liquidation (the executor drains
+    margin calls first, so a pool's margin call still precedes its liquidation)."""
     calls = [a.to_message() for a in actions if a.kind is ActionKind.MARGIN_CALL]
     if calls:
-        app.send_task(TASK_MARGIN_CALLS, args=[calls], queue=MARGIN_CALLS_QUEUE)
+        app.send_task(TASK_MARGIN_CALLS, args=[calls], queue=margin_calls_queue(partition))
     for action in actions:
         if action.kind is not ActionKind.MARGIN_CALL:
-            task = TASK_OF_KIND[action.kind]
-            app.send_task(task, args=[action.to_message()], queue=QUEUE_OF_TASK[task])
+            app.send_task(TASK_OF_KIND[action.kind], args=[action.to_message()],
+                          queue=queue_of(action.kind, partition))  # fmt: skip
 
 
 def send_evaluation(app: Celery, partition: int) -> None:

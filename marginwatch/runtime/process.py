@@ -53,24 +53,6 @@ def connect(settings: Settings, loglevel: str) -> Runtime:
     return Runtime(settings, client, bracket_tables(settings), app)
 
 
-def parse_partitions(spec: str, partition_count: int) -> list[int]:
-    """``"0-7"``, ``"1,3,5"`` or ``"2"`` into partition numbers, each below ``partition_count``."""
-    chosen: set[int] = set()
-    try:
-        for part in spec.split(","):
-            low, _, high = part.strip().partition("-")
-            chosen.update(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise ConfigurationError(f"--partitions: not a list of ranges: {spec!r}") from None
-    outside = sorted(p for p in chosen if not 0 <= p < partition_count)
-    if not chosen or outside:
-        raise ConfigurationError(
-            f"--partitions: {outside or spec} not within 0-{partition_count - 1} "
-            f"(MARGINWATCH_PARTITIONS={partition_count})"
-        )
-    return sorted(chosen)
-
-
 @contextmanager
 def metrics_served(settings: Settings, registry: CollectorRegistry) -> Iterator[str | None]:
     """Serve ``registry`` on ``settings.metrics_port`` (if set) while inside; yields the URL."""

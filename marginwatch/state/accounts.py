@@ -1,6 +1,7 @@
 """Accounts in Redis: versioned per account, partitioned, changed atomically.
 
-Each account is a hash ``keys.account(id)`` with ``version`` (bumped by every accepted change)
+Each account is a hash ``keys.account(partition, id)`` (its partition by
+``marginwatch.base.partitions.partition_of``) with ``version`` (bumped by every accepted change)
 and ``state`` (the account as the snapshot contract's JSON). A change writes the account, adds
 it to its partition's members and appends ``{account, version}`` to the partition's change
 stream in one transaction, guarded by ``WATCH`` on the account: concurrent writers retry, so no
@@ -9,7 +10,6 @@ change is lost or applied on a stale version.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,6 +18,7 @@ import redis
 from redis.client import Pipeline
 
 from marginwatch.base import keys
+from marginwatch.base.partitions import partition_of
 from marginwatch.base.snapshot import AccountModel
 from marginwatch.engine.types import Account
 
@@ -29,11 +30,6 @@ T = TypeVar("T")
 
 class PartitionCountMismatchError(RuntimeError):
     """This deployment records another partition count than the one configured."""
-
-
-def partition_of(account_id: str, partitions: int) -> int:
-    """Stable partition of an account: CRC-32 of its id modulo ``partitions``."""
-    return zlib.crc32(account_id.encode()) % partitions
 
 
 def ensure_partition_count(client: redis.Redis, partitions: int) -> int:
@@ -83,21 +79,28 @@ class StoredAccount:
     account: Account
 
 
-def read_account(client: redis.Redis, account_id: str) -> StoredAccount | None:
-    version, state = client.hmget(keys.account(account_id), ["version", "state"])
+def account_key(account_id: str, partitions: int) -> str:
+    """The account's hash, under its partition's tag."""
+    return keys.account(partition_of(account_id, partitions), account_id)
+
+
+def read_account(client: redis.Redis, account_id: str, partitions: int) -> StoredAccount | None:
+    version, state = client.hmget(account_key(account_id, partitions), ["version", "state"])
     if state is None:
         return None
     return StoredAccount(int(version or 0), account_from_json(state))
 
 
-def read_accounts(client: redis.Redis, account_ids: Sequence[str]) -> dict[str, StoredAccount]:
-    """Several accounts, pipelined in chunks; absent ones are left out."""
+def read_accounts(
+    client: redis.Redis, partition: int, account_ids: Sequence[str]
+) -> dict[str, StoredAccount]:
+    """Several accounts of one partition, pipelined in chunks; absent ones are left out."""
     found: dict[str, StoredAccount] = {}
     for start in range(0, len(account_ids), READ_CHUNK):
         chunk = account_ids[start : start + READ_CHUNK]
         pipe = client.pipeline(transaction=False)
         for account_id in chunk:
-            pipe.hmget(keys.account(account_id), ["version", "state"])
+            pipe.hmget(keys.account(partition, account_id), ["version", "state"])
         for account_id, (version, state) in zip(chunk, pipe.execute(), strict=True):
             if state is not None:
                 found[account_id] = StoredAccount(int(version or 0), account_from_json(state))
@@ -125,7 +128,7 @@ def write_account(pipe: Pipeline, account: Account, partitions: int) -> None:
     """Queue the write of ``account`` (its version is bumped by one) on a pipeline."""
     partition = partition_of(account.account_id, partitions)
     script_keys = [
-        keys.account(account.account_id),
+        keys.account(partition, account.account_id),
         keys.partition_members(partition),
         keys.partition_changes(partition),
     ]
@@ -137,7 +140,7 @@ Mutation = Callable[[StoredAccount | None, Pipeline], T]
 WatchingMutation = Callable[[StoredAccount | None, Pipeline, dict[str, bytes | None]], T]
 
 
-def update_account(client: redis.Redis, account_id: str, mutate: Mutation[T]) -> T:
+def update_account(client: redis.Redis, account_id: str, partitions: int, mutate: Mutation[T]) -> T:
     """Run ``mutate(current, pipe)`` under ``WATCH`` and execute what it queued, atomically.
 
     ``mutate`` reads nothing from Redis itself (it gets the current account) and queues its
@@ -145,19 +148,25 @@ def update_account(client: redis.Redis, account_id: str, mutate: Mutation[T]) ->
     on the new version.
     """
     return update_account_watching(
-        client, account_id, (), lambda current, pipe, _watched: mutate(current, pipe)
+        client, account_id, partitions, (), lambda current, pipe, _watched: mutate(current, pipe)
     )
 
 
 def update_account_watching(
-    client: redis.Redis, account_id: str, other_keys: Sequence[str], mutate: WatchingMutation[T]
+    client: redis.Redis,
+    account_id: str,
+    partitions: int,
+    other_keys: Sequence[str],
+    mutate: WatchingMutation[T],
 ) -> T:
-    """``update_account``, also watching ``other_keys`` and passing their values to ``mutate``."""
+    """``update_account``, also watching ``other_keys`` (keys of the account's partition) and
+    passing their values to ``mutate``."""
+    key = account_key(account_id, partitions)
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.account(account_id), *other_keys)  # type: ignore[no-untyped-call]
-                version, state = pipe.hmget(keys.account(account_id), ["version", "state"])
+                pipe.watch(key, *other_keys)  # type: ignore[no-untyped-call]
+                version, state = pipe.hmget(key, ["version", "state"])
                 current = (
                     None
                     if state is None

@@ -8,16 +8,11 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from marginwatch.base.metrics import WorkerMetrics
+from marginwatch.base.partitions import parse_partitions
 from marginwatch.base.settings import Settings
 from marginwatch.runtime.celery_app import partition_queue
 from marginwatch.runtime.observe import counting_redis_errors
-from marginwatch.runtime.process import (
-    connect,
-    metrics_served,
-    parse_partitions,
-    run_celery,
-    with_thread,
-)
+from marginwatch.runtime.process import connect, metrics_served, run_celery, with_thread
 from marginwatch.worker.dispatch import Dispatcher
 from marginwatch.worker.tasks import WorkerRuntime, register_tasks
 

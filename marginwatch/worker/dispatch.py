@@ -6,6 +6,8 @@ pending flag (``SET NX`` with a TTL) and, only if the flag was not already set, 
 evaluation on the partition's queue. The evaluation clears the flag as it starts, so ticks that
 arrive meanwhile queue exactly one more evaluation, which reads the newest prices: a storm of
 ticks coalesces instead of building a backlog. The TTL re-arms a partition whose task was lost.
+The dispatcher blocks on the tick stream only (a change on a quiet market waits at most
+``READ_BLOCK_MS``), since one read of several streams would span hash slots.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import redis
 from marginwatch.base import keys
 
 PENDING_TTL_SECONDS = 30
-READ_BLOCK_MS = 1_000
+READ_BLOCK_MS = 250
 
 Enqueue = Callable[[int], None]
 OnPending = Callable[[Sequence[int]], None]
@@ -73,17 +75,27 @@ class Dispatcher:
         return len(armed)
 
     def dispatch_once(self, block_ms: int | None = READ_BLOCK_MS) -> int:
-        """Wait for notices (up to ``block_ms``), then trigger the partitions they concern."""
-        reply: list[Any] = self.client.xread(self.last_ids, block=block_ms, count=10_000)  # type: ignore[arg-type,assignment]
+        """Wait for a tick notice (up to ``block_ms``), read every partition's change notices,
+        then trigger the partitions they concern. Each ``XREAD`` reads one stream (one hash
+        slot); the change streams are read in one pipeline, without blocking."""
         touched: set[int] = set()
-        for stream, entries in reply or []:
-            name = stream.decode()
-            self.last_ids[name] = entries[-1][0].decode()
-            touched.update(self.partitions if name == keys.TICKS else [self._partition_of(name)])
+        if self._read_new([keys.TICKS], block_ms)[0]:
+            touched.update(self.partitions)
+        streams = [keys.partition_changes(p) for p in self.partitions]
+        news = self._read_new(streams, None)
+        touched.update(p for p, new in zip(self.partitions, news, strict=True) if new)
         return self.trigger(sorted(touched)) if touched else 0
 
-    def _partition_of(self, stream: str) -> int:
-        return next(p for p in self.partitions if keys.partition_changes(p) == stream)
+    def _read_new(self, streams: Sequence[str], block_ms: int | None) -> list[bool]:
+        """For each stream, whether it has entries after the last id read (which advances)."""
+        pipe = self.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xread({stream: self.last_ids[stream]}, block=block_ms, count=10_000)
+        replies: list[Any] = pipe.execute()
+        for stream, reply in zip(streams, replies, strict=True):
+            for _name, entries in reply or []:
+                self.last_ids[stream] = entries[-1][0].decode()
+        return [bool(reply) for reply in replies]
 
     def run(self, stop: threading.Event) -> None:
         """Dispatch until ``stop`` is set; the first round evaluates every partition."""

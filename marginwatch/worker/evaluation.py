@@ -114,7 +114,7 @@ def confirm_pool(
         return []
     trigger = triggering_tick(stored.account, pool_name, ticks)
     due = [
-        Action(kind, stored.account.account_id, pool_name, stored.version,
+        Action(kind, book.partition, stored.account.account_id, pool_name, stored.version,
                trigger.sequence if trigger else 0, trigger.event_time_ms if trigger else 0,
                None if exact.margin_ratio is None else str(exact.margin_ratio))
         for kind in due_actions(book, pool, exact, settings)

@@ -75,7 +75,9 @@ class PartitionBook:
             keys.partition_changes(self.partition), count=1
         )
         self.last_change_id = newest[0][0].decode() if newest else "0"
-        self.replace(read_accounts(client, partition_account_ids(client, self.partition)))
+        self.replace(
+            read_accounts(client, self.partition, partition_account_ids(client, self.partition))
+        )
 
     def refresh(self, client: redis.Redis) -> int:
         """Read the accounts changed since the last refresh; lay out again if any is newer."""
@@ -88,7 +90,7 @@ class PartitionBook:
             if held is None or held.version < version:
                 changed.add(account_id)
         if changed:
-            self.replace(read_accounts(client, sorted(changed)))
+            self.replace(read_accounts(client, self.partition, sorted(changed)))
         return len(changed)
 
     def replace(self, updated: Mapping[str, StoredAccount]) -> None:

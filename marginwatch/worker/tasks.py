@@ -64,7 +64,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
         metrics.set_pending([partition], pending=False)
         book = runtime.book(partition)
         outcome = evaluate_partition(book, runtime.client, settings)
-        send_actions(runtime.app, outcome.actions)
+        send_actions(runtime.app, partition, outcome.actions)
         finish_evaluation(runtime.client, book, outcome)
     log.debug("partition %s: %s", partition, outcome)
     instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
