@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,8 +61,11 @@ class RedisServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_redis_server(start_timeout_seconds: float = 10.0) -> RedisServer:
-    """Start ``redis-server`` on a free loopback port, without persistence, and wait for PING."""
+def start_redis_server(
+    start_timeout_seconds: float = 10.0, extra_args: Sequence[str] = ()
+) -> RedisServer:
+    """Start ``redis-server`` on a free loopback port, without persistence (``extra_args``
+    added, e.g. ``--cluster-enabled yes``), and wait for PING."""
     directory = Path(tempfile.mkdtemp(prefix="marginwatch-redis-"))
     port = free_port()
     command = [
@@ -78,6 +82,7 @@ def start_redis_server(start_timeout_seconds: float = 10.0) -> RedisServer:
         str(directory),
         "--logfile",
         str(directory / "redis.log"),
+        *extra_args,
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(port, process, directory)
