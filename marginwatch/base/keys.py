@@ -67,6 +67,8 @@ LEGACY_PARTITION_NAMES = {
     "status": _PARTITION_STATUS,
     "evaluated": _PARTITION_EVALUATED,
 }
+# Where ``marginwatch migrate`` keeps the old account-event stream, for audit.
+MIGRATED_ACCOUNT_EVENTS = PREFIX + "migrated:account-events"
 # Celery's queues before they were per partition (``marginwatch migrate`` wants them empty).
 LEGACY_ACTION_QUEUES = ("marginwatch.actions", "marginwatch.margin-calls")
 

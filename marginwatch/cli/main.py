@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     add_producer_arguments(producer)
     status = commands.add_parser("status", help="live ratios and liquidation prices")
     status.add_argument("account", nargs="?", help="one account (default: the riskiest)")
+    commands.add_parser(
+        "migrate", help="move the keys of the layout without partition tags (daemons stopped)"
+    )
     demo = commands.add_parser("demo", help="run the whole system on this machine")
     demo.add_argument("--accounts", type=int, default=DEMO_ACCOUNTS)
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")

@@ -13,7 +13,11 @@ from marginwatch.base.exits import EXIT_INVALID_INPUT, EXIT_OK
 from marginwatch.base.partitions import parse_partitions
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
 from marginwatch.base.snapshot import SnapshotError, parse_snapshot
-from marginwatch.state.accounts import PartitionCountMismatchError, store_accounts
+from marginwatch.state.accounts import (
+    PartitionCountMismatchError,
+    ensure_partition_count,
+    store_accounts,
+)
 
 
 def run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
@@ -46,6 +50,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdou
         from marginwatch.producer.cli import run as run_producer  # noqa: PLC0415 (only this command)
 
         return run_producer(args, settings, set(bracket_tables(settings)))
+    elif command == "migrate":
+        return migrate_keys(settings, stdout)
     elif command == "status":
         from marginwatch.cli.status import print_status  # noqa: PLC0415 (only this command)
 
@@ -64,6 +70,20 @@ def load_accounts(settings: Settings, path: str, stdin: TextIO, stdout: TextIO) 
     client = redis.Redis.from_url(redis_url(settings))
     count = store_accounts(client, snapshot.accounts, settings.partitions)
     stdout.write(f"stored {count} accounts in {settings.partitions} partitions\n")
+    return EXIT_OK
+
+
+def migrate_keys(settings: Settings, stdout: TextIO) -> int:
+    """``marginwatch migrate``: the legacy layout's keys into the partition-scoped one."""
+    from marginwatch.state.migrate import MigrationRefusedError, migrate  # noqa: PLC0415 (only this command)
+
+    client = redis.Redis.from_url(redis_url(settings))
+    ensure_partition_count(client, settings.partitions)
+    try:
+        report = migrate(client, settings.partitions)
+    except MigrationRefusedError as error:
+        raise ConfigurationError(str(error)) from None
+    stdout.write("".join(f"{line}\n" for line in report.lines()))
     return EXIT_OK
 
 

@@ -12,7 +12,8 @@ import redis
 StreamName = Callable[[int], str]  # partition -> stream, e.g. keys.liquidations
 
 
-def _id_order(entry_id: str) -> tuple[int, int]:
+def id_order(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as a sortable pair (milliseconds, sequence)."""
     milliseconds, _, sequence = entry_id.partition("-")
     return int(milliseconds), int(sequence or 0)
 
@@ -29,7 +30,7 @@ def newest(
     for partition in range(partitions):
         pipe.xrevrange(stream(partition), count=count)
     merged = [entry for reply in pipe.execute() for entry in _decoded(reply)]
-    return sorted(merged, key=lambda entry: _id_order(entry[0]), reverse=True)[:count]
+    return sorted(merged, key=lambda entry: id_order(entry[0]), reverse=True)[:count]
 
 
 def read_all(
@@ -40,4 +41,4 @@ def read_all(
     for partition in range(partitions):
         pipe.xrange(stream(partition))
     merged = [entry for reply in pipe.execute() for entry in _decoded(reply)]
-    return sorted(merged, key=lambda entry: _id_order(entry[0]))
+    return sorted(merged, key=lambda entry: id_order(entry[0]))
