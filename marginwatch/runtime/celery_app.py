@@ -86,16 +86,34 @@ def make_celery(settings: Settings, broker_url: str) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_seconds,
         task_soft_time_limit=max(1, settings.task_time_limit_seconds - 5),
-        broker_transport_options={
-            "visibility_timeout": settings.visibility_timeout_seconds
-            or settings.task_time_limit_seconds + VISIBILITY_MARGIN_SECONDS
-        },
+        broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=WEBHOOKS_QUEUE,  # every other task is sent to an explicit queue
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
     return app
+
+
+def visibility_timeout_seconds(settings: Settings) -> int:
+    """When an unacknowledged message is given to another consumer."""
+    return settings.visibility_timeout_seconds or (
+        settings.task_time_limit_seconds + VISIBILITY_MARGIN_SECONDS
+    )
+
+
+def transport_options(settings: Settings) -> dict[str, int]:
+    """The Redis transport's options: the visibility timeout; a scan for messages past it every
+    quarter of it (at most every 10 s; kombu's default scans every 100 s); and the scan's mutex
+    expiring within the visibility timeout (kombu's 300 s would stall every restore for 5 min
+    after a consumer died holding it)."""
+    visibility = visibility_timeout_seconds(settings)
+    return {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": min(10, max(1, visibility // 4)),
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": min(300, max(5, visibility)),
+    }
 
 
 def send_actions(app: Celery, partition: int, actions: Sequence[Action]) -> None:
