@@ -106,6 +106,23 @@ def test_liquidation_skipped_when_rescued(stored: redis.Redis) -> None:
     assert version == b"1"
 
 
+def test_a_rescued_pool_that_goes_bankrupt_again_is_liquidated(stored: redis.Redis) -> None:
+    """A skip does not stand in the way: the same action, redelivered after the price fell
+    again (same account version), liquidates; a redelivered skip is not recorded twice."""
+    mark(stored, "49500", 1)
+    assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "skipped"
+    assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "duplicate"
+    assert stored.xlen(keys.liquidations(0)) == 1
+    mark(stored, "48700", 2)
+    assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "liquidated"
+    assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "duplicate"
+    kinds = [fields[b"kind"] for _id, fields in stored.xrange(keys.liquidations(0))]
+    assert kinds == [b"skipped", b"liquidation"]
+    after = read_account(stored, "E", 1)
+    assert after is not None
+    assert after.account.positions == ()
+
+
 class Receiver(BaseHTTPRequestHandler):
     """Accepts POSTs and keeps what it got."""
 

@@ -8,10 +8,11 @@ marks:
 * still ``liquidation``: the pool is closed out at mark (``engine.closeout``); the new account
   (version + 1), the partition's ledger, the audit record (on the partition's liquidation
   stream) and the idempotency key are written in one ``MULTI``;
-* rescued (a deposit, a price move) or gone: nothing changes but the idempotency key, and the
-  skip is recorded with its reason.
+* rescued (a deposit, a price move) or gone: nothing changes, and the skip is recorded with its
+  reason, once per action (a skip key of its own: a skip never stands in the way of a later
+  liquidation of the same pool at the same version).
 
-A redelivered or duplicated task finds the idempotency key and does nothing.
+A redelivered or duplicated task finds the idempotency key of its liquidation and does nothing.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def liquidation_key(action: Action) -> str:
     )
 
 
+def skip_key(action: Action) -> str:
+    """Set when the action was skipped, so a redelivered skip is not recorded twice."""
+    return keys.idempotency(
+        action.partition, f"liquidation-skip:{action.account_id}:{action.pool}:"
+        f"{action.account_version}:{action.tick_sequence}"
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class LiquidationOutcome:
     """What a liquidation action did.
@@ -78,7 +87,8 @@ def liquidate(
     action: Action,
 ) -> LiquidationOutcome:
     """Liquidate the pool if the exact path still says so; the outcome in full."""
-    done, ledger = liquidation_key(action), keys.insurance_fund(action.partition)
+    done, skipped = liquidation_key(action), skip_key(action)
+    ledger = keys.insurance_fund(action.partition)
     marks = {symbol: tick.mark_price for symbol, tick in read_ticks(client).items()}
 
     def mutate(
@@ -86,14 +96,25 @@ def liquidate(
     ) -> LiquidationOutcome:
         if watched[done] is not None:
             return LiquidationOutcome("duplicate")
-        pipe.set(done, now_ms(), ex=DONE_TTL_SECONDS)
         ledger_text = watched[ledger]
         balance = Decimal(ledger_text.decode()) if ledger_text else Decimal(0)
-        return _liquidate_or_skip(pipe, current, marks, balance, tables, settings, action)
+        skip = _Skip(skipped, recorded=watched[skipped] is not None)
+        outcome = _liquidate_or_skip(pipe, current, marks, balance, tables, settings, action, skip)
+        if outcome.result == "liquidated":
+            pipe.set(done, now_ms(), ex=DONE_TTL_SECONDS)
+        return outcome
 
     return update_account_watching(
-        client, action.account_id, settings.partitions, [done, ledger], mutate
+        client, action.account_id, settings.partitions, [done, skipped, ledger], mutate
     )
+
+
+@dataclass(frozen=True)
+class _Skip:
+    """The action's skip key, and whether a skip of it was recorded already."""
+
+    key: str
+    recorded: bool
 
 
 def _liquidate_or_skip(
@@ -104,17 +125,18 @@ def _liquidate_or_skip(
     tables: Mapping[str, BracketTable],
     settings: Settings,
     action: Action,
+    skip: _Skip,
 ) -> LiquidationOutcome:
     if current is None or any(p.symbol not in marks for p in current.account.positions):
-        return _skip(pipe, action, "unavailable", "account or marks unavailable")
+        return _skip(pipe, action, skip, "unavailable", "account or marks unavailable")
     report = evaluate_account(current.account, marks, tables, settings.thresholds, settings.venue)
     found = pool_of(report, action.pool)
     if found is None or not found[1]:
-        return _skip(pipe, action, "gone", "pool no longer open")
+        return _skip(pipe, action, skip, "gone", "pool no longer open")
     pool, members = found
     if pool.status is not Status.LIQUIDATION:
         detail = f"rescued: margin ratio {decimal_string(pool.margin_ratio)}"
-        return _skip(pipe, action, "rescued", detail)
+        return _skip(pipe, action, skip, "rescued", detail)
     positions = [member.position for member in members]
     closeout = close_out(current.account, positions, marks, settings.liquidation_fee_rate_for)
     write_account(pipe, closeout.account_after, settings.partitions)
@@ -123,7 +145,13 @@ def _liquidate_or_skip(
     return LiquidationOutcome("liquidated", closed=closeout.closed)
 
 
-def _skip(pipe: Pipeline, action: Action, code: str, reason: str) -> LiquidationOutcome:
+def _skip(
+    pipe: Pipeline, action: Action, skip: _Skip, code: str, reason: str
+) -> LiquidationOutcome:
+    """Record the skip once per action (a redelivered one is a quiet ``duplicate``)."""
+    if skip.recorded:
+        return LiquidationOutcome("duplicate")
+    pipe.set(skip.key, now_ms(), ex=DONE_TTL_SECONDS)
     pipe.xadd(
         keys.liquidations(action.partition),
         {"kind": "skipped", "account_id": action.account_id, "pool": action.pool,
