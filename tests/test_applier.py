@@ -359,3 +359,20 @@ def test_the_client_writes_to_the_accounts_partition(redis_client: redis.Redis) 
     assert step(redis_client) == AppliedCounts(accepted=1)
     with pytest.raises(ValueError, match=r"^account_id: required"):
         publish_account_event(redis_client, {"type": "deposit", "amount": "3"})
+
+
+def test_a_fill_that_closes_a_pool_ends_its_episode(redis_client: redis.Redis) -> None:
+    """An isolated position in a margin-call episode is closed: its episode ends with it, in
+    the same transaction; the cross pool's episode stays."""
+    isolated = Position("BTCUSDT", Decimal("0.1"), Decimal(50000), 20, MarginMode.ISOLATED,
+                        isolated_wallet=Decimal(250))  # fmt: skip
+    cross = Position("ETHUSDT", Decimal(1), Decimal(2500), 10, MarginMode.CROSS)
+    load(redis_client, "1000", isolated, cross)
+    for pool in ("isolated:BTCUSDT:BOTH", "cross"):
+        redis_client.set(keys.episode(HOME, "a1", pool), 1)
+        redis_client.sadd(keys.partition_episodes(HOME), f"a1|{pool}")
+    publish(redis_client, type="position_change", symbol="BTCUSDT", quantity="0")
+    assert step(redis_client) == AppliedCounts(accepted=1)
+    assert not redis_client.exists(keys.episode(HOME, "a1", "isolated:BTCUSDT:BOTH"))
+    assert redis_client.exists(keys.episode(HOME, "a1", "cross"))
+    assert redis_client.smembers(keys.partition_episodes(HOME)) == {b"a1|cross"}

@@ -11,6 +11,7 @@ evaluations and their progress, margin calls, resolutions, liquidations with the
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -24,7 +25,7 @@ from marginwatch.base import keys
 from marginwatch.base.actions import ActionKind
 from marginwatch.base.settings import Settings
 from marginwatch.base.ticks import Tick
-from marginwatch.cli.embedded_redis import RedisServer, start_redis_server
+from marginwatch.cli.embedded_redis import RedisServer, free_port, start_redis_server
 from marginwatch.cli.status import account_report, overview
 from marginwatch.client import publish_account_event
 from marginwatch.engine import batch
@@ -64,11 +65,30 @@ def cluster_state(client: redis.Redis) -> str:
     return next(line.split(":", 1)[1].strip() for line in text.splitlines() if "state" in line)
 
 
+def port_with_a_free_bus() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _attempt in range(100):
+        port = free_port()
+        if port + 10_000 <= 65_535 and port_is_free(port + 10_000):
+            return port
+    raise RuntimeError("no free port with a free cluster bus port")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def cluster_node() -> Iterator[RedisServer]:
     """A private one-node Redis Cluster owning all 16,384 slots."""
     node = start_redis_server(
-        extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
+        port=port_with_a_free_bus(),
     )
     client = redis.Redis.from_url(node.url)
     client.execute_command("CLUSTER ADDSLOTSRANGE", 0, 16383)

@@ -133,6 +133,8 @@ def test_episodes_and_idempotency_keys_keep_their_values_and_ttls(
     alice, ab, bob = (partition_of(a, P) for a in ("alice", "a:b", "bob"))
     assert 0 < redis_client.ttl(keys.episode(alice, "alice", "cross")) <= 30 * 24 * 3600
     assert redis_client.get(keys.episode(ab, "a:b", "isolated:BTCUSDT:BOTH")) == b"40"
+    assert redis_client.sismember(keys.partition_episodes(alice), "alice|cross")
+    assert redis_client.sismember(keys.partition_episodes(ab), "a:b|isolated:BTCUSDT:BOTH")
     done = keys.idempotency(bob, "liquidation:bob:isolated:BTCUSDT:BOTH:1")
     assert 0 < redis_client.pttl(done) <= DAY_MS
     found = [redis_client.get(keys.idempotency(p, "event:dep-1")) for p in range(P)]

@@ -8,12 +8,15 @@ from decimal import Decimal
 import pytest
 import redis
 
-from marginwatch.base.actions import ActionKind
+from marginwatch.base import keys
+from marginwatch.base.actions import Action, ActionKind
 from marginwatch.base.settings import Settings
 from marginwatch.base.ticks import Tick
 from marginwatch.engine import batch
 from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import Account, MarginMode, Position
+from marginwatch.executor.liquidation import execute_liquidation
+from marginwatch.executor.margin_calls import execute_margin_calls, execute_resolution
 from marginwatch.producer.publisher import Publisher
 from marginwatch.state.accounts import store_accounts
 from marginwatch.worker.evaluation import evaluate_partition
@@ -21,6 +24,7 @@ from marginwatch.worker.partition import PartitionBook
 
 D = Decimal
 SETTINGS = Settings(redis_url="unused", partitions=1)
+TABLES = dict(default_tables())
 # Cross long 1 BTC from 50,000 with 1,265 in the wallet: MM = P × 0.4%, MB = 1,265 + P − 50,000.
 ACCOUNT = Account("E", D(1265), (Position("BTCUSDT", D(1), D(50_000), 20, MarginMode.CROSS),))
 EVENT_TIMES = itertools.count(1_700_000_000_000, 100)
@@ -107,3 +111,57 @@ def test_episode_survives_a_change_of_layout(
     assert at_price(redis_client, book, "48950") == [LIQUIDATION]
     keys_now = sorted(book.pool_key(pool) for pool in range(book.book.pools))
     assert keys_now == [("E", "cross"), ("E", "isolated:ETHUSDT:BOTH")]
+
+
+def execute(client: redis.Redis, actions: list[Action]) -> list[str]:
+    """Run the actions as the executor does; their outcomes."""
+    outcomes = []
+    calls = [a for a in actions if a.kind is MARGIN_CALL]
+    outcomes += [
+        outcome for outcome, _event in execute_margin_calls(client, TABLES, SETTINGS, calls)
+    ]
+    for action in actions:
+        if action.kind is RESOLVED:
+            outcomes.append(execute_resolution(client, TABLES, SETTINGS, action))
+        elif action.kind is LIQUIDATION:
+            outcomes.append(execute_liquidation(client, TABLES, SETTINGS, action))
+    return outcomes
+
+
+def evaluate_at(client: redis.Redis, book: PartitionBook, price: str) -> list[Action]:
+    Publisher(client).publish([Tick("BTCUSDT", D(price), next(EVENT_TIMES))])
+    return evaluate_partition(book, client, SETTINGS).actions
+
+
+def loaded(client: redis.Redis) -> PartitionBook:
+    """A new book of partition 0, as a restarted worker loads it."""
+    fresh = PartitionBook(0, batch.BracketArrays.from_tables(TABLES, sorted(TABLES)), TABLES)
+    fresh.load(client)
+    return fresh
+
+
+def test_a_restarted_worker_knows_the_open_episodes(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """In an episode when the worker restarts: recovery is resolved, the next dip called."""
+    assert execute(redis_client, evaluate_at(redis_client, book, "48950")) == ["sent"]
+    restarted = loaded(redis_client)
+    resolution = evaluate_at(redis_client, restarted, "49000")  # 0.7396: below 0.75
+    assert [a.kind for a in resolution] == [RESOLVED]
+    assert execute(redis_client, resolution) == ["sent"]
+    again = evaluate_at(redis_client, loaded(redis_client), "48950")
+    assert [a.kind for a in again] == [MARGIN_CALL]
+    assert execute(redis_client, again) == ["sent"]
+
+
+def test_an_episode_ends_when_its_pool_is_liquidated(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """Liquidated in its episode; the account's next position gets its own margin call."""
+    actions = evaluate_at(redis_client, book, "48700")  # MB 1,265 − 1,300 < 0
+    assert execute(redis_client, actions) == ["sent", "liquidated"]
+    assert not redis_client.exists(keys.episode(0, "E", "cross"))
+    assert redis_client.smembers(keys.partition_episodes(0)) == set()
+    store_accounts(redis_client, [ACCOUNT], partitions=1)  # a new position, as a fill opens it
+    fresh = loaded(redis_client)
+    assert execute(redis_client, evaluate_at(redis_client, fresh, "48950")) == ["sent"]

@@ -43,6 +43,7 @@ _MARGIN_CALL_EVENTS = "margin-calls"
 _LIQUIDATIONS = "liquidations"
 _INSURANCE_FUND = "insurance-fund"
 _EPISODE = "episode:{account_id}:{pool}"
+_EPISODES = "episodes"  # set of "account|pool" of the partition's open episodes
 _IDEMPOTENCY = "done:{key}"
 
 # The layout before partitions carried hash tags (read only by ``marginwatch migrate``).
@@ -146,6 +147,11 @@ def insurance_fund(partition: int) -> str:
 
 def episode(partition: int, account_id: str, pool: str) -> str:
     return _of(partition, _EPISODE.format(account_id=account_id, pool=pool))
+
+
+def partition_episodes(partition: int) -> str:
+    """The pools of the partition in a margin-call episode, as ``account|pool`` members."""
+    return _of(partition, _EPISODES)
 
 
 def idempotency(partition: int, key: str) -> str:

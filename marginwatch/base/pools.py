@@ -36,6 +36,22 @@ def in_pool(position: Position, pool: str) -> bool:
     return position.is_isolated and isolated_pool(position) == pool
 
 
+def open_pools(account: Account) -> set[str]:
+    """The pools of an account that hold a position."""
+    return {CROSS_POOL if not p.is_isolated else isolated_pool(p) for p in account.positions}
+
+
+def episode_member(account_id: str, pool: str) -> str:
+    """``account|pool``: a pool in its partition's set of open episodes."""
+    return f"{account_id}|{pool}"
+
+
+def split_episode_member(member: str) -> tuple[str, str]:
+    """(account id, pool) of an ``episode_member`` (a pool name holds no ``|``)."""
+    account_id, _, pool = member.rpartition("|")
+    return account_id, pool
+
+
 def pool_symbols(account: Account, pool: str) -> list[str]:
     """Symbols whose marks move the pool."""
     return [position.symbol for position in account.positions if in_pool(position, pool)]

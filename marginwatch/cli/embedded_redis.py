@@ -62,12 +62,12 @@ class RedisServer:
 
 
 def start_redis_server(
-    start_timeout_seconds: float = 10.0, extra_args: Sequence[str] = ()
+    start_timeout_seconds: float = 10.0, extra_args: Sequence[str] = (), port: int | None = None
 ) -> RedisServer:
-    """Start ``redis-server`` on a free loopback port, without persistence (``extra_args``
-    added, e.g. ``--cluster-enabled yes``), and wait for PING."""
+    """Start ``redis-server`` on ``port`` (default: a free loopback port), without persistence
+    (``extra_args`` added, e.g. ``--cluster-enabled yes``), and wait for PING."""
     directory = Path(tempfile.mkdtemp(prefix="marginwatch-redis-"))
-    port = free_port()
+    port = free_port() if port is None else port
     command = [
         redis_server_binary(),
         "--port",

@@ -36,6 +36,7 @@ from marginwatch.engine.exact import evaluate_account
 from marginwatch.engine.types import Status
 from marginwatch.executor.margin_calls import EVENTS_MAXLEN, now_ms
 from marginwatch.state.accounts import StoredAccount, update_account_watching, write_account
+from marginwatch.state.episodes import end_vanished_episodes
 from marginwatch.state.prices import read_ticks
 
 DONE_TTL_SECONDS = 30 * 24 * 3600
@@ -140,6 +141,7 @@ def _liquidate_or_skip(
     positions = [member.position for member in members]
     closeout = close_out(current.account, positions, marks, settings.liquidation_fee_rate_for)
     write_account(pipe, closeout.account_after, settings.partitions)
+    end_vanished_episodes(pipe, action.partition, current.account, closeout.account_after)
     pipe.set(keys.insurance_fund(action.partition), str(ledger + closeout.insurance_fund_change))
     _audit(pipe, action, current, decimal_string(pool.margin_ratio), closeout, ledger)
     return LiquidationOutcome("liquidated", closed=closeout.closed)

@@ -25,7 +25,7 @@ import redis
 
 from marginwatch.base import keys
 from marginwatch.base.actions import Action
-from marginwatch.base.pools import CROSS_POOL, pool_of
+from marginwatch.base.pools import CROSS_POOL, episode_member, pool_of
 from marginwatch.base.report import decimal_string
 from marginwatch.base.settings import Settings
 from marginwatch.engine.brackets import BracketTable
@@ -106,10 +106,9 @@ def execute_margin_calls(
     pipe = client.pipeline(transaction=False)
     for i, (_report, pool, _members) in confirmed.items():
         fields = _fields("margin_call", batch[i], pool, events[i])
-        episode = keys.episode(batch[i].partition, batch[i].account_id, batch[i].pool)
-        stream = keys.margin_call_events(batch[i].partition)
-        pipe.eval(_START_EPISODE, 2, episode, stream, batch[i].tick_sequence,
-                  EPISODE_TTL_SECONDS, EVENTS_MAXLEN, *_flat(fields))  # fmt: skip
+        pipe.eval(_START_EPISODE, 3, *_episode_keys(batch[i]), batch[i].tick_sequence,
+                  EPISODE_TTL_SECONDS, EVENTS_MAXLEN,
+                  episode_member(batch[i].account_id, batch[i].pool), *_flat(fields))  # fmt: skip
     for i, started in zip(confirmed, pipe.execute(), strict=True):
         results[i] = ("sent", events[i]) if started else ("duplicate", None)
     return results
@@ -161,10 +160,8 @@ def execute_resolution(
             return "not_confirmed"
     event = {"e": "MARGIN_CALL_RESOLVED", "E": now_ms()}
     fields = _fields("resolved", action, None if found is None else found[1], event)
-    episode = keys.episode(action.partition, action.account_id, action.pool)
-    stream = keys.margin_call_events(action.partition)
-    ended = client.eval(_END_EPISODE, 2, episode, stream, EVENTS_MAXLEN,
-                        *_flat(fields))  # fmt: skip
+    ended = client.eval(_END_EPISODE, 3, *_episode_keys(action), EVENTS_MAXLEN,
+                        episode_member(action.account_id, action.pool), *_flat(fields))  # fmt: skip
     return "sent" if ended else "duplicate"
 
 
@@ -182,17 +179,27 @@ def _current_pool(
     return report, found[0], found[1]
 
 
-# KEYS: episode key, event stream.
-# ARGV (start): tick sequence, TTL seconds, stream max length, field, value, ...
+def _episode_keys(action: Action) -> tuple[str, str, str]:
+    """The episode key, the partition's margin-call stream and its set of open episodes."""
+    partition = action.partition
+    return (keys.episode(partition, action.account_id, action.pool),
+            keys.margin_call_events(partition), keys.partition_episodes(partition))  # fmt: skip
+
+
+# KEYS: episode key, event stream, the partition's open episodes.
+# ARGV (start): tick sequence, TTL seconds, stream max length, member, field, value, ...
 _START_EPISODE = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 4))
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
 return 1
 """
-# ARGV (end): stream max length, field, value, ...
+# ARGV (end): stream max length, member, field, value, ... (the member leaves the set even
+# when the key is gone already: expired, or ended by a liquidation)
 _END_EPISODE = """
+redis.call('SREM', KEYS[3], ARGV[2])
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
 return 1
 """
 

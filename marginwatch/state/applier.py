@@ -51,6 +51,7 @@ from marginwatch.engine.brackets import BracketTable
 from marginwatch.events.models import AccountEvent, EventRejectedError, parse_event
 from marginwatch.events.rules import apply_event, require_account
 from marginwatch.state.accounts import StoredAccount, update_account_watching, write_account
+from marginwatch.state.episodes import end_vanished_episodes
 from marginwatch.state.lease import Lease
 
 log = logging.getLogger("marginwatch.applier")
@@ -323,6 +324,7 @@ def _apply_or_reject(
         return Outcome.REJECTED
     if current is not None and updated != account:
         write_account(pipe, updated, entry.partitions)
+        end_vanished_episodes(pipe, entry.partition, account, updated)
     return Outcome.ACCEPTED
 
 

@@ -7,8 +7,9 @@ What moves where (P is the recorded partition count; an account's partition is
 * accounts ``mw:account:ID`` -> ``mw:{pN}:account:ID``; partition keys
   ``mw:partition:N:{accounts,changes,status,evaluated}`` -> ``mw:{pN}:…``; pending flags are
   dropped (the first evaluation re-arms them);
-* margin-call episodes ``mw:episode:ID:POOL`` and liquidation idempotency keys
-  ``mw:done:liquidation:ID:POOL:VERSION`` -> the account's partition, with their TTL;
+* margin-call episodes ``mw:episode:ID:POOL`` (and their member in the partition's set of open
+  episodes) and liquidation idempotency keys ``mw:done:liquidation:ID:POOL:VERSION`` -> the
+  account's partition, with their TTL;
 * event idempotency keys ``mw:done:event:EVENT_ID`` -> the partition of the event's account when
   the old event stream still names it, else into every partition (a resend stays a duplicate);
 * the account-event stream: entries not yet applied (pending in the consumer group, or after
@@ -37,6 +38,7 @@ import redis
 
 from marginwatch.base import keys
 from marginwatch.base.partitions import partition_of
+from marginwatch.base.pools import episode_member
 from marginwatch.state.streams import id_order
 
 SCAN_COUNT = 1_000
@@ -256,8 +258,9 @@ def _move_episodes(client: redis.Redis, partitions: int, report: MigrationReport
         if parts is None:
             report.conflicts.append(key)
             continue
-        target = keys.episode(partition_of(parts[0], partitions), *parts)
-        if _rename(client, key, target, report):
+        partition = partition_of(parts[0], partitions)
+        if _rename(client, key, keys.episode(partition, *parts), report):
+            client.sadd(keys.partition_episodes(partition), episode_member(*parts))
             report.count("margin-call episodes")
 
 

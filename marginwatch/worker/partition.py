@@ -13,7 +13,7 @@ confirmed status, margin-call episode) follows its pool across layouts.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from marginwatch.state.accounts import (
     partition_account_ids,
     read_accounts,
 )
+from marginwatch.state.episodes import open_episodes
 from marginwatch.state.prices import TickCache
 
 UNKNOWN_STATUS = -1
@@ -70,14 +71,34 @@ class PartitionBook:
         return 1 + 3 * len(self.brackets.symbols)
 
     def load(self, client: redis.Redis) -> None:
-        """Read every account of the partition (changes before the read are already in it)."""
+        """Read every account of the partition (changes before the read are already in it)
+        and which of its pools are in a margin-call episode."""
         newest: list[Any] = client.xrevrange(  # type: ignore[assignment]
             keys.partition_changes(self.partition), count=1
         )
         self.last_change_id = newest[0][0].decode() if newest else "0"
-        self.replace(
-            read_accounts(client, self.partition, partition_account_ids(client, self.partition))
-        )
+        ids = partition_account_ids(client, self.partition)
+        self.replace(read_accounts(client, self.partition, ids))
+        self.restore_episodes(open_episodes(client, self.partition))
+
+    def restore_episodes(self, members: Iterable[tuple[str, str]]) -> None:
+        """Mark the pools of ``members`` (account id, pool) as in an episode."""
+        codes = [self.pool_code(account_id, pool) for account_id, pool in members]
+        known = np.array([code for code in codes if code is not None], dtype=np.int64)
+        self.in_episode |= np.isin(self.pool_codes, known)
+
+    def pool_code(self, account_id: str, pool: str) -> int | None:
+        """The stable identity of a pool by name (``None``: not in this book)."""
+        number = self.numbers.get(account_id)
+        if number is None:
+            return None
+        if pool == CROSS_POOL:
+            return number * self.code_stride
+        _kind, symbol, side = pool.split(":")
+        index = self.brackets.index.get(symbol)
+        if index is None or side not in {s.value for s in SIDES}:
+            return None
+        return number * self.code_stride + _code_within(index, PositionSide(side))
 
     def refresh(self, client: redis.Redis) -> int:
         """Read the accounts changed since the last refresh; lay out again if any is newer."""
@@ -174,7 +195,12 @@ def _rows(
 
 
 def _isolated_code(position: Position, brackets: batch.BracketArrays) -> int:
-    return 1 + 3 * brackets.index[position.symbol] + SIDES.index(position.position_side)
+    return _code_within(brackets.index[position.symbol], position.position_side)
+
+
+def _code_within(symbol_index: int, side: PositionSide) -> int:
+    """An isolated pool's code within its account: ``1 + 3 × symbol index + side index``."""
+    return 1 + 3 * symbol_index + SIDES.index(side)
 
 
 def _concatenate(
