@@ -176,6 +176,7 @@ def test_the_whole_flow_runs_on_a_cluster_node(node: redis.Redis) -> None:
     enqueued: list[int] = []
     dispatcher = Dispatcher(node, range(P), enqueued.append)
     dispatcher.start_from_now()
+    dispatcher.clear_pending()
     node.xadd(keys.partition_changes(2), {"account": "x", "version": 9})
     assert dispatcher.dispatch_once(block_ms=None) == 1
     brackets = batch.BracketArrays.from_tables(TABLES, sorted(TABLES))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 import redis
@@ -9,6 +10,7 @@ import redis
 from marginwatch.base import keys
 from marginwatch.base.ticks import Tick
 from marginwatch.worker.dispatch import Dispatcher
+from tests.polling import wait_for
 
 
 class Enqueued(list[int]):
@@ -40,7 +42,25 @@ def test_trigger_enqueues_once_until_the_evaluation_starts(redis_client: redis.R
 def test_pending_flag_expires(redis_client: redis.Redis) -> None:
     """The pending flag has a TTL, so a lost task does not stall its partition."""
     Dispatcher(redis_client, [3], Enqueued()).trigger([3])
-    assert 0 < redis_client.ttl(keys.partition_pending(3)) <= 30
+    assert 0 < redis_client.ttl(keys.partition_pending(3)) <= 10
+
+
+def test_a_starting_dispatcher_evaluates_every_partition_despite_stale_flags(
+    redis_client: redis.Redis,
+) -> None:
+    """A dispatcher killed after setting the flags, before enqueuing: its restart clears them
+    and enqueues every partition at once, not after the flags' TTL."""
+    Dispatcher(redis_client, [0, 1, 2], Enqueued()).trigger([0, 1])  # then killed: no tasks
+    enqueued = Enqueued()
+    restarted = Dispatcher(redis_client, [0, 1, 2], enqueued)
+    stop = threading.Event()
+    thread = threading.Thread(target=restarted.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: sorted(enqueued) == [0, 1, 2], lambda: f"enqueued {enqueued}", timeout=5)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def test_a_storm_of_ticks_coalesces(redis_client: redis.Redis) -> None:

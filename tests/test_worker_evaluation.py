@@ -19,7 +19,7 @@ from marginwatch.executor.liquidation import execute_liquidation
 from marginwatch.executor.margin_calls import execute_margin_calls, execute_resolution
 from marginwatch.producer.publisher import Publisher
 from marginwatch.state.accounts import store_accounts
-from marginwatch.worker.evaluation import evaluate_partition
+from marginwatch.worker.evaluation import evaluate_partition, finish_evaluation
 from marginwatch.worker.partition import PartitionBook
 
 D = Decimal
@@ -46,8 +46,7 @@ def book(redis_client: redis.Redis) -> PartitionBook:
 
 def at_price(client: redis.Redis, book: PartitionBook, price: str) -> list[ActionKind]:
     """Publish a BTCUSDT mark, evaluate the partition, return the kinds of the actions due."""
-    Publisher(client).publish([Tick("BTCUSDT", D(price), next(EVENT_TIMES))])
-    return [action.kind for action in evaluate_partition(book, client, SETTINGS).actions]
+    return [action.kind for action in evaluate_at(client, book, price)]
 
 
 def test_margin_call_once_per_episode_with_hysteresis(
@@ -128,9 +127,26 @@ def execute(client: redis.Redis, actions: list[Action]) -> list[str]:
     return outcomes
 
 
-def evaluate_at(client: redis.Redis, book: PartitionBook, price: str) -> list[Action]:
+def evaluate_at(
+    client: redis.Redis, book: PartitionBook, price: str, *, sent: bool = True
+) -> list[Action]:
+    """Publish a BTCUSDT mark, evaluate; with ``sent``, finish as after sending the actions."""
     Publisher(client).publish([Tick("BTCUSDT", D(price), next(EVENT_TIMES))])
-    return evaluate_partition(book, client, SETTINGS).actions
+    outcome = evaluate_partition(book, client, SETTINGS)
+    if sent:
+        finish_evaluation(client, book, outcome)
+    return outcome.actions
+
+
+def test_actions_that_were_not_sent_are_due_again(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """Sending failed (the evaluation ended before ``finish_evaluation``): the retry finds the
+    same margin call and liquidation due; once sent, they are not due again."""
+    due = [a.kind for a in evaluate_at(redis_client, book, "48700", sent=False)]
+    assert due == [MARGIN_CALL, LIQUIDATION]
+    assert [a.kind for a in evaluate_at(redis_client, book, "48700")] == due
+    assert evaluate_at(redis_client, book, "48700") == []
 
 
 def loaded(client: redis.Redis) -> PartitionBook:

@@ -5,7 +5,9 @@ partitions' account-change streams. For every partition with news it sets the pa
 pending flag (``SET NX`` with a TTL) and, only if the flag was not already set, enqueues one
 evaluation on the partition's queue. The evaluation clears the flag as it starts, so ticks that
 arrive meanwhile queue exactly one more evaluation, which reads the newest prices: a storm of
-ticks coalesces instead of building a backlog. The TTL re-arms a partition whose task was lost.
+ticks coalesces instead of building a backlog. The TTL re-arms a partition whose task was lost
+(its dispatcher died between setting the flag and enqueuing): a starting dispatcher clears its
+partitions' flags first, so a restarted worker evaluates them at once.
 The dispatcher blocks on the tick stream only (a change on a quiet market waits at most
 ``READ_BLOCK_MS``), since one read of several streams would span hash slots.
 """
@@ -20,7 +22,7 @@ import redis
 
 from marginwatch.base import keys
 
-PENDING_TTL_SECONDS = 30
+PENDING_TTL_SECONDS = 10
 READ_BLOCK_MS = 250
 
 Enqueue = Callable[[int], None]
@@ -97,9 +99,18 @@ class Dispatcher:
                 self.last_ids[stream] = entries[-1][0].decode()
         return [bool(reply) for reply in replies]
 
+    def clear_pending(self) -> None:
+        """Drop the partitions' pending flags (one ``DEL`` per key: one hash slot each)."""
+        pipe = self.client.pipeline(transaction=False)
+        for partition in self.partitions:
+            pipe.delete(keys.partition_pending(partition))
+        pipe.execute()
+
     def run(self, stop: threading.Event) -> None:
-        """Dispatch until ``stop`` is set; the first round evaluates every partition."""
+        """Dispatch until ``stop`` is set; the first round evaluates every partition, whatever
+        flags a dispatcher that died left behind."""
         self.start_from_now()
+        self.clear_pending()
         self.trigger(self.partitions)
         while not stop.is_set():
             self.dispatch_once()

@@ -5,6 +5,11 @@ are evaluated again with the exact path, and an action is sent only when the exa
 so: a margin call when a pool enters an episode (ratio >= margin call ratio), its resolution when
 the ratio falls below ``margin_call_ratio - margin_call_hysteresis``, a liquidation when the pool
 reaches ``liquidation`` (once per account version).
+
+Send, then remember: what a confirmation decides for a pool (its confirmed status, whether it
+is in an episode) is kept aside as a ``Decision`` and applied by ``finish_evaluation``, which
+the caller runs only after the actions are sent. An evaluation that fails before (a Redis error
+while sending) changes no pool's memory, so its retry finds the same actions due.
 """
 
 from __future__ import annotations
@@ -36,6 +41,16 @@ RISKIEST_INTERVAL_SECONDS = 1.0
 NO_RATIO_SCORE = 1e9  # margin balance <= 0: riskier than any ratio
 
 
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the exact confirmation of a pool decided: its status code and whether it is in a
+    margin-call episode; applied once the pool's actions are sent."""
+
+    pool: int
+    status_code: int
+    in_episode: bool
+
+
 @dataclass
 class EvaluationOutcome:
     """What one evaluation saw and did; ``started_at`` is wall-clock Unix seconds, ``ticks``
@@ -52,6 +67,7 @@ class EvaluationOutcome:
     started_at: float = 0.0
     ticks: dict[str, Tick] = field(default_factory=dict, repr=False)
     marks: batch.FloatArray = field(default_factory=lambda: np.zeros(0), repr=False)
+    decisions: list[Decision] = field(default_factory=list, repr=False)
 
     def sent(self) -> dict[ActionKind, int]:
         """How many actions of each kind are due."""
@@ -77,7 +93,9 @@ def evaluate_partition(
     candidates = select_candidates(book, settings)
     settle_quiet_pools(book, candidates)
     for pool in np.flatnonzero(candidates):
-        outcome.actions += confirm_pool(book, int(pool), ticks, settings)
+        actions, decision = confirm_pool(book, int(pool), ticks, settings)
+        outcome.actions += actions
+        outcome.decisions += [decision] if decision is not None else []
     outcome.newest_tick = max(ticks.values(), key=lambda tick: tick.sequence, default=None)
     outcome.positions, outcome.pools = book.book.positions, book.book.pools
     outcome.candidates = int(candidates.sum())
@@ -102,45 +120,45 @@ def settle_quiet_pools(book: PartitionBook, candidates: npt.NDArray[np.bool_]) -
 
 def confirm_pool(
     book: PartitionBook, pool: int, ticks: Mapping[str, Tick], settings: Settings
-) -> list[Action]:
-    """Evaluate the pool exactly; the actions its exact status calls for."""
+) -> tuple[list[Action], Decision | None]:
+    """Evaluate the pool exactly: the actions its exact status calls for, and the decision
+    to remember once they are sent."""
     stored = book.account_of_pool(pool)
     pool_name = book.pool_key(pool)[1]
     if any(position.symbol not in ticks for position in stored.account.positions):
-        return []
+        return [], None
     marks = {symbol: tick.mark_price for symbol, tick in ticks.items()}
     exact = exact_pool(stored.account, pool_name, marks, book, settings)
     if exact is None:
-        return []
+        return [], None
     trigger = triggering_tick(stored.account, pool_name, ticks)
+    kinds, in_episode = due_actions(book, pool, exact, settings)
     due = [
         Action(kind, book.partition, stored.account.account_id, pool_name, stored.version,
                trigger.sequence if trigger else 0, trigger.event_time_ms if trigger else 0,
                None if exact.margin_ratio is None else str(exact.margin_ratio))
-        for kind in due_actions(book, pool, exact, settings)
+        for kind in kinds
     ]  # fmt: skip
-    book.confirmed_status[pool] = exact.status.severity
-    return due
+    return due, Decision(pool, exact.status.severity, in_episode)
 
 
 def due_actions(
     book: PartitionBook, pool: int, exact: PoolReport, settings: Settings
-) -> list[ActionKind]:
-    """Actions due for a pool given its exact figures; updates its episode flag."""
-    kinds = []
+) -> tuple[list[ActionKind], bool]:
+    """Actions due for a pool given its exact figures, and whether it is in an episode after
+    them (the book is not changed here)."""
+    kinds, in_episode = [], bool(book.in_episode[pool])
     if exact.status is Status.LIQUIDATION and book.confirmed_status[pool] != LIQUIDATION_CODE:
         kinds.append(ActionKind.LIQUIDATION)
-    if not book.in_episode[pool] and exact.status.severity >= MARGIN_CALL_CODE:
+    if not in_episode and exact.status.severity >= MARGIN_CALL_CODE:
         kinds.insert(0, ActionKind.MARGIN_CALL)
-        book.in_episode[pool] = True
+        in_episode = True
     elif (
-        book.in_episode[pool]
-        and exact.margin_ratio is not None
-        and (exact.margin_ratio < settings.rearm_below)
+        in_episode and exact.margin_ratio is not None and exact.margin_ratio < settings.rearm_below
     ):
         kinds.append(ActionKind.MARGIN_CALL_RESOLVED)
-        book.in_episode[pool] = False
-    return kinds
+        in_episode = False
+    return kinds, in_episode
 
 
 def exact_pool(
@@ -163,9 +181,18 @@ def triggering_tick(account: Account, pool_name: str, ticks: Mapping[str, Tick])
 
 
 def finish_evaluation(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:
-    """After the outcome's actions are sent: record progress, time the whole evaluation."""
+    """After the outcome's actions are sent: remember the decisions, record progress, time
+    the whole evaluation."""
+    apply_decisions(book, outcome.decisions)
     write_progress(client, book, outcome.newest_tick)
     outcome.seconds = time.perf_counter() - outcome.perf_started
+
+
+def apply_decisions(book: PartitionBook, decisions: list[Decision]) -> None:
+    """Each decided pool's confirmed status and episode flag."""
+    for decision in decisions:
+        book.confirmed_status[decision.pool] = decision.status_code
+        book.in_episode[decision.pool] = decision.in_episode
 
 
 def write_progress(client: redis.Redis, book: PartitionBook, newest_tick: Tick | None) -> None:
