@@ -102,6 +102,14 @@ def pipeline_health() -> Json:
         "ops",
         [q(rate_by(metrics.REDIS_ERRORS, "component"), "{{component}}")],
     )
+    grid.timeseries(
+        "Bad records skipped per minute",
+        "Records read from Redis that could not be used (a malformed tick, a corrupt account, a "
+        "malformed action message): skipped, the others read on. Any is a bug or a writer to fix.",
+        (24, 7),
+        "short",
+        [q(rate_by(metrics.BAD_RECORDS, "component, kind", scale="60"), "{{component}} {{kind}}")],
+    )
 
     grid.section("Evaluation")
     duration = metrics.EVALUATION_DURATION

@@ -55,7 +55,8 @@ ISSUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "marginwatch_liquidations_skipped_total": ("counter", ("reason",)),
     "marginwatch_liquidated_notional_usdt_total": ("counter", ("symbol",)),
     "marginwatch_tick_to_action_latency_seconds": ("histogram", ("action",)),
-    "marginwatch_insurance_fund_usdt": ("gauge", ()),
+    "marginwatch_insurance_fund_usdt": ("gauge", ("partition",)),
+    "marginwatch_bad_records_total": ("counter", ("component", "kind")),
     "marginwatch_action_failures_total": ("counter", ("action",)),
     "marginwatch_action_retries_total": ("counter", ("action",)),
     "marginwatch_webhook_deliveries_total": ("counter", ("result",)),
@@ -81,6 +82,7 @@ LABEL_VALUES = {
     "action": ("margin_call", "margin_call_resolved", "liquidate"),
     "result": ("delivered", "failed", "retried"),
     "outcome": ("accepted", "rejected", "duplicate"),
+    "kind": ("tick", "account", "action"),
 }
 # Grafana's variables, replaced as Grafana would for "All" and a 5-minute rate interval.
 GRAFANA_VARIABLES = {

@@ -44,6 +44,7 @@ from marginwatch.executor import tasks as executor_tasks
 from marginwatch.executor.instrumentation import insurance_fund_reader, observe_applied
 from marginwatch.executor.tasks import (
     ExecutorRuntime,
+    parse_actions,
     run_liquidation,
     run_margin_calls,
     run_resolution,
@@ -326,6 +327,20 @@ def test_executor_actions_move_the_executor_metrics(executor: ExecutorRuntime) -
         assert sample(registry, latency + "_count", action=name) == 1
     assert sample(registry, latency + "_bucket", action="liquidate", le="1.0") == 0
     assert sample(registry, latency + "_bucket", action="liquidate", le="2.5") == 1
+
+
+def test_bad_action_messages_are_left_out_and_counted(executor: ExecutorRuntime) -> None:
+    """A batch with a malformed message and a misrouted one: the good one is executed."""
+    registry = CollectorRegistry()
+    executor.metrics = ExecutorMetrics(registry)
+    good = action("E", CALL).to_message()
+    misrouted = {**good, "account_id": "H", "partition": 3}
+    batch = [good, {"schema": 1, "kind": "margin_call"}, misrouted]
+    assert run_margin_calls(executor, parse_actions(executor, batch)) == ["sent"]
+    assert parse_actions(executor, {"not": "a list"}) == []
+    bad = "marginwatch_bad_records_total"
+    assert sample(registry, bad, component="executor", kind="action") == 3
+    assert sample(registry, bad, component="executor", kind="tick") == 0
 
 
 def test_insurance_fund_is_exported_only_when_it_can_be_read(redis_client: redis.Redis) -> None:

@@ -181,3 +181,19 @@ def test_an_episode_ends_when_its_pool_is_liquidated(
     store_accounts(redis_client, [ACCOUNT], partitions=1)  # a new position, as a fill opens it
     fresh = loaded(redis_client)
     assert execute(redis_client, evaluate_at(redis_client, fresh, "48950")) == ["sent"]
+
+
+def test_bad_records_in_redis_are_skipped_and_counted(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """A malformed tick and a corrupt account hash: skipped and counted, the others evaluated."""
+    redis_client.hset(keys.PRICES, "XRPUSDT", "{not a tick")
+    redis_client.hset(keys.PRICES, "ETHUSDT", Tick("BTCUSDT", D(1), 1, 1).to_json())  # wrong one
+    redis_client.hset(keys.account(0, "Z"), mapping={"version": 1, "state": "{corrupt"})
+    redis_client.sadd(keys.partition_members(0), "Z")
+    restarted = loaded(redis_client)
+    assert [a.kind for a in evaluate_at(redis_client, restarted, "48950")] == [MARGIN_CALL]
+    assert restarted.bad.counts == {"tick": 2, "account": 1}
+    assert list(restarted.accounts) == ["E"]
+    assert evaluate_at(redis_client, restarted, "48940") == []
+    assert restarted.bad.counts == {"tick": 2, "account": 1}  # each bad tick read once

@@ -32,6 +32,7 @@ TICKS_ACCEPTED = "marginwatch_ticks_accepted_total"
 TICKS_REJECTED = "marginwatch_ticks_rejected_total"
 PRODUCER_LAST_TICK_TIMESTAMP = "marginwatch_producer_last_tick_timestamp_seconds"
 REDIS_ERRORS = "marginwatch_redis_errors_total"
+BAD_RECORDS = "marginwatch_bad_records_total"
 # Partition workers.
 TICK_AGE = "marginwatch_tick_age_seconds"
 EVALUATION_DURATION = "marginwatch_evaluation_duration_seconds"
@@ -66,6 +67,8 @@ ACTIONS = ("margin_call", "margin_call_resolved", "liquidate")
 SKIP_REASONS = ("rescued", "gone", "unavailable")
 WEBHOOK_RESULTS = ("delivered", "failed", "retried")
 ACCOUNT_EVENT_OUTCOMES = ("accepted", "rejected", "duplicate")
+# Records read from Redis that could not be used (skipped, the others read on).
+BAD_RECORD_KINDS = ("tick", "account", "action")
 
 TICK_AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 EVALUATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -86,6 +89,19 @@ def _redis_errors(registry: CollectorRegistry, component: str) -> Counter:
         registry=registry,
     )
     return counter.labels(component)
+
+
+def _bad_records(registry: CollectorRegistry, component: str) -> Callable[[str], None]:
+    """Counts a bad record of a kind (``BAD_RECORD_KINDS``) met by ``component``."""
+    counter = Counter(
+        BAD_RECORDS,
+        "Records read from Redis that could not be used and were skipped, by kind",
+        ["component", "kind"],
+        registry=registry,
+    )
+    for kind in BAD_RECORD_KINDS:
+        counter.labels(component, kind)
+    return lambda kind: counter.labels(component, kind).inc()
 
 
 class ProducerMetrics:
@@ -123,6 +139,7 @@ class WorkerMetrics:
         registry.register(self.cross_margin_ratio)
         self.liquidation_map = LiquidationMapCollector()
         registry.register(self.liquidation_map)
+        self.count_bad_record = _bad_records(registry, "worker")
         self.pending = Gauge(
             PARTITION_PENDING,
             "1 while an evaluation of the partition is queued and not started",
@@ -223,6 +240,7 @@ class ExecutorMetrics:
             ACCOUNT_EVENT_OUTCOMES,
         )
         self.redis_errors = _redis_errors(registry, "executor")
+        self.count_bad_record = _bad_records(registry, "executor")
 
     def _action_outcomes(self, registry: CollectorRegistry, symbols: Sequence[str]) -> None:
         self.margin_calls = _counter(

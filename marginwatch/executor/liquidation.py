@@ -36,6 +36,7 @@ from marginwatch.engine.exact import evaluate_account
 from marginwatch.engine.types import Status
 from marginwatch.executor.margin_calls import EVENTS_MAXLEN, now_ms
 from marginwatch.state.accounts import StoredAccount, update_account_watching, write_account
+from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.episodes import end_vanished_episodes
 from marginwatch.state.prices import read_ticks
 
@@ -86,11 +87,12 @@ def liquidate(
     tables: Mapping[str, BracketTable],
     settings: Settings,
     action: Action,
+    bad: BadRecords | None = None,
 ) -> LiquidationOutcome:
     """Liquidate the pool if the exact path still says so; the outcome in full."""
     done, skipped = liquidation_key(action), skip_key(action)
     ledger = keys.insurance_fund(action.partition)
-    marks = {symbol: tick.mark_price for symbol, tick in read_ticks(client).items()}
+    marks = {symbol: tick.mark_price for symbol, tick in read_ticks(client, bad).items()}
 
     def mutate(
         current: StoredAccount | None, pipe: Pipeline, watched: dict[str, bytes | None]

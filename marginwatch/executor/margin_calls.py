@@ -31,6 +31,7 @@ from marginwatch.base.settings import Settings
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.exact import AccountReport, PoolReport, PositionReport, evaluate_account
 from marginwatch.state.accounts import StoredAccount, read_accounts
+from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.prices import read_ticks_of
 
 EVENTS_MAXLEN = 1_000_000
@@ -46,10 +47,12 @@ def evaluate_stored(
     stored: StoredAccount,
     tables: Mapping[str, BracketTable],
     settings: Settings,
+    bad: BadRecords | None = None,
 ) -> AccountReport | None:
     """The account's exact report at the newest marks (``None`` if a mark is missing)."""
     symbols = [position.symbol for position in stored.account.positions]
-    marks = {symbol: tick.mark_price for symbol, tick in read_ticks_of(client, symbols).items()}
+    ticks = read_ticks_of(client, symbols, bad)
+    marks = {symbol: tick.mark_price for symbol, tick in ticks.items()}
     if any(position.symbol not in marks for position in stored.account.positions):
         return None
     return evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue)
@@ -85,14 +88,15 @@ def execute_margin_calls(
     tables: Mapping[str, BracketTable],
     settings: Settings,
     batch: list[Action],
+    bad: BadRecords | None = None,
 ) -> list[tuple[str, dict[str, Any] | None]]:
     """Emit a MARGIN_CALL once per episode for every action of ``batch`` whose exact ratio
     still calls for it, in three round trips whatever its size: the accounts (pipelined), their
     marks (one HMGET), and the episode scripts (pipelined). Returns each action's outcome
     (``sent``, ``duplicate``, ``not_confirmed`` or ``gone``) and the event emitted, in order."""
-    accounts = _read_accounts_of(client, batch)
+    accounts = _read_accounts_of(client, batch, bad)
     symbols = {p.symbol for stored in accounts.values() for p in stored.account.positions}
-    marks = {s: tick.mark_price for s, tick in read_ticks_of(client, symbols).items()}
+    marks = {s: tick.mark_price for s, tick in read_ticks_of(client, symbols, bad).items()}
     found = [_pool_at(accounts.get((a.partition, a.account_id)), a.pool, marks, tables, settings)
              for a in batch]  # fmt: skip
     results: list[tuple[str, dict[str, Any] | None]] = [
@@ -115,13 +119,14 @@ def execute_margin_calls(
 
 
 def _read_accounts_of(
-    client: redis.Redis, batch: list[Action]
+    client: redis.Redis, batch: list[Action], bad: BadRecords | None
 ) -> dict[tuple[int, str], StoredAccount]:
     """The batch's accounts by (partition, id), read partition by partition."""
     found: dict[tuple[int, str], StoredAccount] = {}
     for partition in sorted({action.partition for action in batch}):
         ids = sorted({a.account_id for a in batch if a.partition == partition})
-        found.update(((partition, i), s) for i, s in read_accounts(client, partition, ids).items())
+        read = read_accounts(client, partition, ids, bad)
+        found.update(((partition, i), stored) for i, stored in read.items())
     return found
 
 
@@ -151,9 +156,10 @@ def execute_resolution(
     tables: Mapping[str, BracketTable],
     settings: Settings,
     action: Action,
+    bad: BadRecords | None = None,
 ) -> str:
     """End the episode (and say so) if the exact ratio is below the re-arm level."""
-    found = _current_pool(client, tables, settings, action)
+    found = _current_pool(client, tables, settings, action, bad)
     if found is not None:
         _report, pool, _members = found
         if pool.margin_ratio is None or pool.margin_ratio >= settings.rearm_below:
@@ -170,9 +176,11 @@ def _current_pool(
     tables: Mapping[str, BracketTable],
     settings: Settings,
     action: Action,
+    bad: BadRecords | None,
 ) -> tuple[AccountReport, PoolReport, list[PositionReport]] | None:
-    stored = read_accounts(client, action.partition, [action.account_id]).get(action.account_id)
-    report = None if stored is None else evaluate_stored(client, stored, tables, settings)
+    read = read_accounts(client, action.partition, [action.account_id], bad)
+    stored = read.get(action.account_id)
+    report = None if stored is None else evaluate_stored(client, stored, tables, settings, bad)
     found = None if report is None else pool_of(report, action.pool)
     if report is None or found is None:
         return None

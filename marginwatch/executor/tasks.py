@@ -24,6 +24,7 @@ from marginwatch.runtime.celery_app import (
 )
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
+from marginwatch.state.bad_records import BadRecords
 
 
 def _unserved_metrics() -> ExecutorMetrics:
@@ -36,24 +37,48 @@ class ExecutorRuntime(Runtime):
     them)."""
 
     metrics: ExecutorMetrics = field(default_factory=_unserved_metrics)
+    bad: BadRecords = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bad = BadRecords(self.count_bad_record)
+
+    def count_bad_record(self, kind: str) -> None:
+        """Counted on the metrics served now (the daemon may replace them)."""
+        self.metrics.count_bad_record(kind)
 
 
-def parse_action(runtime: ExecutorRuntime, message: Any) -> Action:
-    """The action of a message, whose partition must be its account's."""
-    action = Action.from_message(message)
-    home = partition_of(action.account_id, runtime.settings.partitions)
-    if action.partition != home:
-        raise ActionMessageError(
-            f"partition: {action.account_id} belongs to partition {home}, not {action.partition}"
-        )
+def parse_action(runtime: ExecutorRuntime, message: Any) -> Action | None:
+    """The action of a message, whose partition must be its account's; ``None`` (reported as
+    a bad record, the others go on) when it is not one."""
+    try:
+        action = Action.from_message(message)
+        home = partition_of(action.account_id, runtime.settings.partitions)
+        if action.partition != home:
+            raise ActionMessageError(
+                f"partition: {action.account_id} belongs to partition {home}, "
+                f"not {action.partition}"
+            )
+    except ActionMessageError as error:
+        runtime.bad.report("action", repr(message)[:120], str(error))
+        return None
     return action
+
+
+def parse_actions(runtime: ExecutorRuntime, messages: Any) -> list[Action]:
+    """The actions of a batch message; bad ones are reported and left out."""
+    if not isinstance(messages, list):
+        runtime.bad.report("action", repr(messages)[:120], "message: expected a list of actions")
+        return []
+    parsed = [parse_action(runtime, message) for message in messages]
+    return [action for action in parsed if action is not None]
 
 
 def run_margin_calls(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]:
     """Margin calls of one evaluation, then one webhook delivery task per event and URL."""
     with counting_redis_errors(runtime.metrics.redis_errors):
-        results = margin_calls.execute_margin_calls(runtime.client, runtime.tables,
-                                                    runtime.settings, batch)  # fmt: skip
+        results = margin_calls.execute_margin_calls(
+            runtime.client, runtime.tables, runtime.settings, batch, runtime.bad
+        )
     for action, (outcome, event) in zip(batch, results, strict=True):
         instrumentation.observe_margin_call(runtime.metrics, action, outcome)
         for url in runtime.settings.webhook_urls if event is not None else ():
@@ -64,8 +89,9 @@ def run_margin_calls(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]
 def run_resolution(runtime: ExecutorRuntime, action: Action) -> str:
     """End a margin-call episode if the exact ratio says so."""
     with counting_redis_errors(runtime.metrics.redis_errors):
-        outcome = margin_calls.execute_resolution(runtime.client, runtime.tables,
-                                                  runtime.settings, action)  # fmt: skip
+        outcome = margin_calls.execute_resolution(
+            runtime.client, runtime.tables, runtime.settings, action, runtime.bad
+        )
     instrumentation.observe_resolution(runtime.metrics, action, outcome)
     return outcome
 
@@ -73,7 +99,8 @@ def run_resolution(runtime: ExecutorRuntime, action: Action) -> str:
 def run_liquidation(runtime: ExecutorRuntime, action: Action) -> str:
     """Liquidate the pool if the exact path still says so."""
     with counting_redis_errors(runtime.metrics.redis_errors):
-        outcome = liquidation.liquidate(runtime.client, runtime.tables, runtime.settings, action)
+        outcome = liquidation.liquidate(runtime.client, runtime.tables, runtime.settings, action,
+                                        runtime.bad)  # fmt: skip
     instrumentation.observe_liquidation(runtime.metrics, action, outcome)
     return outcome.result
 
@@ -91,16 +118,18 @@ def register_tasks(app: Celery, runtime: ExecutorRuntime) -> None:
     instrumentation.connect_task_signals(app, lambda: runtime.metrics)
 
     @app.task(name=TASK_MARGIN_CALLS, **RETRY_ON_REDIS_ERRORS)
-    def margin_calls_found(messages: list[dict[str, Any]]) -> list[str]:
-        return run_margin_calls(runtime, [parse_action(runtime, m) for m in messages])
+    def margin_calls_found(messages: Any) -> list[str]:
+        return run_margin_calls(runtime, parse_actions(runtime, messages))
 
     @app.task(name=TASK_MARGIN_CALL_RESOLVED, **RETRY_ON_REDIS_ERRORS)
-    def margin_call_resolved(message: dict[str, Any]) -> str:
-        return run_resolution(runtime, parse_action(runtime, message))
+    def margin_call_resolved(message: Any) -> str:
+        action = parse_action(runtime, message)
+        return "bad_message" if action is None else run_resolution(runtime, action)
 
     @app.task(name=TASK_LIQUIDATE, **RETRY_ON_REDIS_ERRORS)
-    def liquidate(message: dict[str, Any]) -> str:
-        return run_liquidation(runtime, parse_action(runtime, message))
+    def liquidate(message: Any) -> str:
+        action = parse_action(runtime, message)
+        return "bad_message" if action is None else run_liquidation(runtime, action)
 
     @app.task(name=TASK_DELIVER_WEBHOOK, autoretry_for=(webhooks.WebhookDeliveryError,),
               retry_backoff=True, retry_backoff_max=60, shared=False,

@@ -21,6 +21,7 @@ from marginwatch.base import keys
 from marginwatch.base.partitions import partition_of
 from marginwatch.base.snapshot import AccountModel
 from marginwatch.engine.types import Account
+from marginwatch.state.bad_records import BadRecords
 
 CHANGES_MAXLEN = 1_000_000
 READ_CHUNK = 2_000
@@ -91,10 +92,34 @@ def read_account(client: redis.Redis, account_id: str, partitions: int) -> Store
     return StoredAccount(int(version or 0), account_from_json(state))
 
 
+def stored_account(
+    account_id: str,
+    version: bytes | str | None,
+    state: bytes | str | None,
+    bad: BadRecords | None,
+) -> StoredAccount | None:
+    """An account hash's fields as read (``None`` when absent; reported when corrupt)."""
+    if state is None:
+        return None
+    try:
+        stored = StoredAccount(int(version or 0), account_from_json(state))
+    except ValueError as error:  # pydantic's ValidationError included
+        (bad or BadRecords()).report("account", account_id, str(error).splitlines()[0])
+        return None
+    if stored.account.account_id != account_id:
+        (bad or BadRecords()).report("account", account_id, "its state names another account")
+        return None
+    return stored
+
+
 def read_accounts(
-    client: redis.Redis, partition: int, account_ids: Sequence[str]
+    client: redis.Redis,
+    partition: int,
+    account_ids: Sequence[str],
+    bad: BadRecords | None = None,
 ) -> dict[str, StoredAccount]:
-    """Several accounts of one partition, pipelined in chunks; absent ones are left out."""
+    """Several accounts of one partition, pipelined in chunks; absent ones are left out, and so
+    are corrupt ones (reported to ``bad``)."""
     found: dict[str, StoredAccount] = {}
     for start in range(0, len(account_ids), READ_CHUNK):
         chunk = account_ids[start : start + READ_CHUNK]
@@ -102,8 +127,9 @@ def read_accounts(
         for account_id in chunk:
             pipe.hmget(keys.account(partition, account_id), ["version", "state"])
         for account_id, (version, state) in zip(chunk, pipe.execute(), strict=True):
-            if state is not None:
-                found[account_id] = StoredAccount(int(version or 0), account_from_json(state))
+            stored = stored_account(account_id, version, state, bad)
+            if stored is not None:
+                found[account_id] = stored
     return found
 
 
@@ -167,11 +193,7 @@ def update_account_watching(
             try:
                 pipe.watch(key, *other_keys)  # type: ignore[no-untyped-call]
                 version, state = pipe.hmget(key, ["version", "state"])
-                current = (
-                    None
-                    if state is None
-                    else StoredAccount(int(version or 0), account_from_json(state))
-                )
+                current = stored_account(account_id, version, state, None)  # corrupt: absent
                 watched: dict[str, bytes | None] = {key: pipe.get(key) for key in other_keys}  # type: ignore[misc]
                 pipe.multi()
                 result = mutate(current, pipe, watched)

@@ -32,6 +32,7 @@ from marginwatch.state.accounts import (
     partition_account_ids,
     read_accounts,
 )
+from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.episodes import open_episodes
 from marginwatch.state.prices import TickCache
 
@@ -60,9 +61,11 @@ class PartitionBook:
     confirmed_status: npt.NDArray[np.int8] = field(init=False)
     in_episode: npt.NDArray[np.bool_] = field(init=False)
     riskiest_written_at: float = field(default=-math.inf, init=False)  # monotonic seconds
-    ticks: TickCache = field(default_factory=TickCache, init=False)
+    bad: BadRecords = field(default_factory=BadRecords)
+    ticks: TickCache = field(init=False)
 
     def __post_init__(self) -> None:
+        self.ticks = TickCache(self.bad)
         self.columns, self.row_code = _rows([], self.brackets)
         self._lay_out(set())
 
@@ -78,7 +81,7 @@ class PartitionBook:
         )
         self.last_change_id = newest[0][0].decode() if newest else "0"
         ids = partition_account_ids(client, self.partition)
-        self.replace(read_accounts(client, self.partition, ids))
+        self.replace(read_accounts(client, self.partition, ids, self.bad))
         self.restore_episodes(open_episodes(client, self.partition))
 
     def restore_episodes(self, members: Iterable[tuple[str, str]]) -> None:
@@ -111,7 +114,7 @@ class PartitionBook:
             if held is None or held.version < version:
                 changed.add(account_id)
         if changed:
-            self.replace(read_accounts(client, self.partition, sorted(changed)))
+            self.replace(read_accounts(client, self.partition, sorted(changed), self.bad))
         return len(changed)
 
     def replace(self, updated: Mapping[str, StoredAccount]) -> None:

@@ -20,6 +20,7 @@ from marginwatch.runtime.celery_app import (
 )
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
+from marginwatch.state.bad_records import BadRecords
 from marginwatch.worker import instrumentation
 from marginwatch.worker.evaluation import EvaluationOutcome, evaluate_partition, finish_evaluation
 from marginwatch.worker.partition import PartitionBook
@@ -47,10 +48,15 @@ class WorkerRuntime(Runtime):
         if partition not in self.books:
             if self.brackets is None:
                 self.brackets = batch.BracketArrays.from_tables(self.tables, sorted(self.tables))
-            book = PartitionBook(partition, self.brackets, self.tables)
+            bad = BadRecords(self.count_bad_record)
+            book = PartitionBook(partition, self.brackets, self.tables, bad=bad)
             book.load(self.client)
             self.books[partition] = book
         return self.books[partition]
+
+    def count_bad_record(self, kind: str) -> None:
+        """Counted on the metrics served now (the daemon may replace them)."""
+        self.metrics.count_bad_record(kind)
 
     def enqueue_evaluation(self, partition: int) -> None:
         send_evaluation(self.app, partition)
