@@ -139,4 +139,4 @@ def test_paced_source_releases_ticks_in_real_time() -> None:
 
     count, elapsed_seconds = asyncio.run(collect())
     assert count == 20
-    assert 0.4 <= elapsed_seconds < 1.5
+    assert elapsed_seconds >= 0.4  # paced: 20 ticks of 2 symbols at 20/s take about 0.5 s
