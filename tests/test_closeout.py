@@ -67,3 +67,16 @@ def test_short_isolated_closeout_with_profit_left() -> None:
     assert result.realized_pnl == D(-2) * (D(2_400) - D(2_450))
     assert result.fee_charged == D(2) * D(2_400) * D("0.01")
     assert result.account_after.cross_wallet_balance == D(200) + D(100) - D(48)
+
+
+def test_an_isolated_deficit_is_the_funds_not_the_cross_wallets() -> None:
+    """Isolated wallet 500 against −1,000: the fund covers 500; the cross wallet keeps 300."""
+    eth = Position("ETHUSDT", D(10), D(2_500), 25, MarginMode.ISOLATED, isolated_wallet=D(500))
+    btc = Position("BTCUSDT", D("0.1"), D(44_000), 20, MarginMode.CROSS)
+    result = close_out(Account("a", D(300), (btc, eth)), [eth], MARKS, rate)
+    assert result.realized_pnl == D(10) * (D(2_400) - D(2_500))
+    assert result.fee_charged == 0
+    assert result.deficit_covered == D(1_000) - D(500)
+    assert result.insurance_fund_change == -(D(1_000) - D(500))
+    assert result.account_after.cross_wallet_balance == D(300)
+    assert result.account_after.positions == (btc,)

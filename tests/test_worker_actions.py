@@ -79,6 +79,33 @@ def test_resolution_ends_the_episode(stored: redis.Redis) -> None:
     assert kinds == [b"margin_call", b"resolved"]
 
 
+def test_resolution_is_not_confirmed_above_the_rearm_level(stored: redis.Redis) -> None:
+    """At 48,989.5 the ratio is 195.958 / 254.5 = 0.77, above 0.8 − 0.05: the episode stays."""
+    mark(stored, "48950", 1)
+    execute_margin_calls(stored, TABLES, SETTINGS, [CALL])
+    mark(stored, "48989.5", 2)
+    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "not_confirmed"
+    assert stored.exists(keys.episode(0, "E", "cross"))
+    assert [f[b"kind"] for _id, f in stored.xrange(keys.margin_call_events(0))] == [b"margin_call"]
+
+
+def test_a_liquidation_with_margin_left_credits_the_fee_to_the_ledger(
+    redis_client: redis.Redis,
+) -> None:
+    """Wallet 1,400, 1 BTC from 50,000 at 48,700: MB 100 < MM 194.8; closed: −1,300, fee
+    48,700 × 0.1% = 48.7 to the partition's ledger, 51.3 left in the wallet."""
+    store_accounts(redis_client, [Account("E", D(1400), ACCOUNT.positions)], partitions=1)
+    redis_client.set(keys.insurance_fund(0), "1000")
+    mark(redis_client, "48700", 1)
+    assert execute_liquidation(redis_client, TABLES, SETTINGS, LIQUIDATION) == "liquidated"
+    ledger = redis_client.get(keys.insurance_fund(0))
+    assert ledger is not None
+    assert D(ledger.decode()) == D(1000) + D("48.7")
+    after = read_account(redis_client, "E", 1)
+    assert after is not None
+    assert after.account.cross_wallet_balance == D(1400) - D(1300) - D("48.7")
+
+
 def test_liquidation_executes_exactly_once(stored: redis.Redis) -> None:
     """At 48,700 the pool is bankrupt: closed once; a redelivered task changes nothing."""
     stored.set(keys.insurance_fund(0), "1000")

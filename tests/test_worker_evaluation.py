@@ -19,7 +19,7 @@ from marginwatch.executor.liquidation import execute_liquidation
 from marginwatch.executor.margin_calls import execute_margin_calls, execute_resolution
 from marginwatch.producer.publisher import Publisher
 from marginwatch.state.accounts import store_accounts
-from marginwatch.worker.evaluation import evaluate_partition, finish_evaluation
+from marginwatch.worker.evaluation import evaluate_partition, finish_evaluation, select_candidates
 from marginwatch.worker.partition import PartitionBook
 
 D = Decimal
@@ -197,3 +197,16 @@ def test_bad_records_in_redis_are_skipped_and_counted(
     assert list(restarted.accounts) == ["E"]
     assert evaluate_at(redis_client, restarted, "48940") == []
     assert restarted.bad.counts == {"tick": 2, "account": 1}  # each bad tick read once
+
+
+def test_pools_the_batch_marks_uncertain_are_confirmed(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """A quiet pool (ok, already confirmed) that the float screen marks uncertain is still a
+    candidate for the exact path."""
+    assert at_price(redis_client, book, "52000") == []
+    batch.evaluate_ratios(book.book, book.brackets, book.brackets.marks_array(
+        {"BTCUSDT": D(52000)}), SETTINGS.thresholds, book.result)  # fmt: skip
+    assert not select_candidates(book, SETTINGS).any()
+    book.result.uncertain[0] = True
+    assert select_candidates(book, SETTINGS).tolist() == [True]
