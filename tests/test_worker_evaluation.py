@@ -210,3 +210,16 @@ def test_pools_the_batch_marks_uncertain_are_confirmed(
     assert not select_candidates(book, SETTINGS).any()
     book.result.uncertain[0] = True
     assert select_candidates(book, SETTINGS).tolist() == [True]
+
+
+def test_a_worker_behind_a_trimmed_change_stream_reloads(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """The change stream was trimmed past what the book read: the deposit whose notice was
+    trimmed away is picked up all the same (every account read again)."""
+    store_accounts(redis_client, [Account("E", D(20_000), ACCOUNT.positions)], partitions=1)
+    for filler in range(5):
+        redis_client.xadd(keys.partition_changes(0), {"account": f"x{filler}", "version": 1})
+    redis_client.xtrim(keys.partition_changes(0), maxlen=2, approximate=False)
+    assert at_price(redis_client, book, "48700") == []  # rescued by the deposit
+    assert book.accounts["E"].version == 2

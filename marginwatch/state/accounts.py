@@ -22,6 +22,7 @@ from marginwatch.base.partitions import partition_of
 from marginwatch.base.snapshot import AccountModel
 from marginwatch.engine.types import Account
 from marginwatch.state.bad_records import BadRecords
+from marginwatch.state.streams import id_order
 
 CHANGES_MAXLEN = 1_000_000
 READ_CHUNK = 2_000
@@ -218,6 +219,20 @@ def store_accounts(
             pipe.execute()
     pipe.execute()
     return count
+
+
+def changes_trimmed_after(client: redis.Redis, partition: int, after: str) -> bool:
+    """Whether the partition's change stream was trimmed past ``after`` (its first entry is
+    newer): a reader there may have missed changes. Conservative: trimmed exactly up to
+    ``after`` counts too, costing the reader one reload."""
+    if after in {"0", "0-0"}:
+        return False
+    try:
+        info: dict[str, Any] = client.xinfo_stream(keys.partition_changes(partition))
+    except redis.ResponseError:  # no stream: nothing was ever written, nothing missed
+        return False
+    first: Any = info.get("first-entry")
+    return first is not None and id_order(first[0].decode()) > id_order(after)
 
 
 def iterate_changes(

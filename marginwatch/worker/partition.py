@@ -12,6 +12,7 @@ confirmed status, margin-call episode) follows its pool across layouts.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.types import Account, Position, PositionSide
 from marginwatch.state.accounts import (
     StoredAccount,
+    changes_trimmed_after,
     iterate_changes,
     partition_account_ids,
     read_accounts,
@@ -35,6 +37,8 @@ from marginwatch.state.accounts import (
 from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.episodes import open_episodes
 from marginwatch.state.prices import TickCache
+
+log = logging.getLogger("marginwatch.worker")
 
 UNKNOWN_STATUS = -1
 SIDES = (PositionSide.BOTH, PositionSide.LONG, PositionSide.SHORT)
@@ -104,7 +108,14 @@ class PartitionBook:
         return number * self.code_stride + _code_within(index, PositionSide(side))
 
     def refresh(self, client: redis.Redis) -> int:
-        """Read the accounts changed since the last refresh; lay out again if any is newer."""
+        """Read the accounts changed since the last refresh; lay out again if any is newer.
+        If the change stream was trimmed past what this book read, every account is read again
+        (changes may have been missed)."""
+        if changes_trimmed_after(client, self.partition, self.last_change_id):
+            log.warning("partition %d: change stream trimmed past %s; reloading every account",
+                        self.partition, self.last_change_id)  # fmt: skip
+            self.load(client)
+            return len(self.accounts)
         changed: set[str] = set()
         for entry_id, account_id, version in iterate_changes(
             client, self.partition, self.last_change_id
