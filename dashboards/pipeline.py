@@ -193,6 +193,21 @@ def pipeline_health() -> Json:
         quantiles(metrics.TICK_TO_ACTION_LATENCY, "action", "", "{{action}}"),
     )
     grid.timeseries(
+        "Oldest due liquidation",
+        (
+            "Per partition, how long the oldest liquidation found due (confirmed exactly) has "
+            "waited for an executor; 0 when none waits."
+        ),
+        (24, 7),
+        "s",
+        [
+            q(
+                f"max by (partition) ({metrics.OLDEST_DUE_LIQUIDATION}{{{PARTITION}}})",
+                "partition {{partition}}",
+            )
+        ],
+    )
+    grid.timeseries(
         "Actions sent per second",
         "Actions the workers sent to the executor, by action.",
         (12, 8),

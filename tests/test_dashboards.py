@@ -57,6 +57,7 @@ ISSUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "marginwatch_tick_to_action_latency_seconds": ("histogram", ("action",)),
     "marginwatch_insurance_fund_usdt": ("gauge", ("partition",)),
     "marginwatch_bad_records_total": ("counter", ("component", "kind")),
+    "marginwatch_oldest_due_liquidation_age_seconds": ("gauge", ("partition",)),
     "marginwatch_action_failures_total": ("counter", ("action",)),
     "marginwatch_action_retries_total": ("counter", ("action",)),
     "marginwatch_webhook_deliveries_total": ("counter", ("result",)),

@@ -247,6 +247,7 @@ def test_evaluation_moves_the_worker_metrics(runtime: WorkerRuntime) -> None:
     assert sample(registry, ratio, partition="0", le="0.1") == 1  # H (E and I, S hold no cross)
     assert sample(registry, ratio, partition="0", le="1.0") == 2  # and E
     assert sample(registry, "marginwatch_actions_sent_total", action="margin_call") == 1
+    assert sample(registry, "marginwatch_oldest_due_liquidation_age_seconds", partition="0") == 0
 
 
 def test_liquidation_map_from_the_batch_liquidation_prices(runtime: WorkerRuntime) -> None:
@@ -263,6 +264,18 @@ def test_liquidation_map_from_the_batch_liquidation_prices(runtime: WorkerRuntim
     assert sample(registry, name, symbol="BTCUSDT", band="1-2%") == pytest.approx(24_475)
     assert sample(registry, name, symbol="ETHUSDT", band="5-10%") == pytest.approx(500)
     assert sample(registry, name, symbol="ETHUSDT", band="0-1%") == 0
+
+
+def test_the_oldest_due_liquidation_age_is_exported(runtime: WorkerRuntime) -> None:
+    """A liquidation due for 90 s (its first sending recorded then): the gauge says 90 s."""
+    registry = CollectorRegistry()
+    runtime.metrics = WorkerMetrics(registry)
+    then = time.time_ns() // 1_000_000 - 90_000
+    runtime.client.zadd(keys.due_liquidations(0), {"E|cross": then})
+    run_evaluation(runtime, 0)
+    age = sample(registry, "marginwatch_oldest_due_liquidation_age_seconds", partition="0")
+    assert age is not None
+    assert 90 <= age < 100
 
 
 def test_liquidation_map_is_refreshed_at_most_once_a_second(runtime: WorkerRuntime) -> None:

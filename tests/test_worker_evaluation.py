@@ -223,3 +223,17 @@ def test_a_worker_behind_a_trimmed_change_stream_reloads(
     redis_client.xtrim(keys.partition_changes(0), maxlen=2, approximate=False)
     assert at_price(redis_client, book, "48700") == []  # rescued by the deposit
     assert book.accounts["E"].version == 2
+
+
+def test_a_sent_liquidation_is_due_until_executed(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """The worker records the pool as due (since the evaluation started) with its progress;
+    the executor's liquidation removes it; a second sending keeps the first time."""
+    actions = evaluate_at(redis_client, book, "48700")
+    due = keys.due_liquidations(0)
+    ((member, since),) = redis_client.zrange(due, 0, -1, withscores=True)
+    assert member == b"E|cross"
+    assert since > 1_700_000_000_000
+    assert execute(redis_client, actions) == ["sent", "liquidated"]
+    assert redis_client.zcard(due) == 0

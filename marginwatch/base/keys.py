@@ -44,6 +44,7 @@ _LIQUIDATIONS = "liquidations"
 _INSURANCE_FUND = "insurance-fund"
 _EPISODE = "episode:{account_id}:{pool}"
 _EPISODES = "episodes"  # set of "account|pool" of the partition's open episodes
+_DUE_LIQUIDATIONS = "due-liquidations"  # zset "account|pool" -> ms when first sent
 _IDEMPOTENCY = "done:{key}"
 
 # The layout before partitions carried hash tags (read only by ``marginwatch migrate``).
@@ -152,6 +153,12 @@ def episode(partition: int, account_id: str, pool: str) -> str:
 def partition_episodes(partition: int) -> str:
     """The pools of the partition in a margin-call episode, as ``account|pool`` members."""
     return _of(partition, _EPISODES)
+
+
+def due_liquidations(partition: int) -> str:
+    """Liquidations sent and not yet executed or skipped: ``account|pool`` scored by the time
+    (ms) the first was sent."""
+    return _of(partition, _DUE_LIQUIDATIONS)
 
 
 def idempotency(partition: int, key: str) -> str:

@@ -43,6 +43,7 @@ CROSS_MARGIN_RATIO = "marginwatch_cross_margin_ratio"
 PARTITION_PENDING = "marginwatch_partition_pending_evaluations"
 PARTITION_LAST_SEQUENCE = "marginwatch_partition_last_evaluated_tick_sequence"
 STALE_SYMBOLS = "marginwatch_stale_symbols"
+OLDEST_DUE_LIQUIDATION = "marginwatch_oldest_due_liquidation_age_seconds"
 LIQUIDATION_MAP = "marginwatch_liquidation_map_notional_usdt"
 ACTIONS_SENT = "marginwatch_actions_sent_total"
 # Executor.
@@ -154,6 +155,12 @@ class WorkerMetrics:
         )
         self.actions_sent = Counter(
             ACTIONS_SENT, "Actions sent to the executor, by action", ["action"], registry=registry
+        )
+        self.oldest_due_liquidation = Gauge(
+            OLDEST_DUE_LIQUIDATION,
+            "Age of the partition's oldest liquidation sent and not yet executed (0: none)",
+            ["partition"],
+            registry=registry,
         )
         self.redis_errors = _redis_errors(registry, "worker")
 

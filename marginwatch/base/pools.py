@@ -41,13 +41,14 @@ def open_pools(account: Account) -> set[str]:
     return {CROSS_POOL if not p.is_isolated else isolated_pool(p) for p in account.positions}
 
 
-def episode_member(account_id: str, pool: str) -> str:
-    """``account|pool``: a pool in its partition's set of open episodes."""
+def pool_member(account_id: str, pool: str) -> str:
+    """``account|pool``: a pool as a member of its partition's sets (open episodes, due
+    liquidations)."""
     return f"{account_id}|{pool}"
 
 
-def split_episode_member(member: str) -> tuple[str, str]:
-    """(account id, pool) of an ``episode_member`` (a pool name holds no ``|``)."""
+def split_pool_member(member: str) -> tuple[str, str]:
+    """(account id, pool) of an ``pool_member`` (a pool name holds no ``|``)."""
     account_id, _, pool = member.rpartition("|")
     return account_id, pool
 

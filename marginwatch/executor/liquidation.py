@@ -37,6 +37,7 @@ from marginwatch.engine.types import Status
 from marginwatch.executor.margin_calls import EVENTS_MAXLEN, now_ms
 from marginwatch.state.accounts import StoredAccount, update_account_watching, write_account
 from marginwatch.state.bad_records import BadRecords
+from marginwatch.state.due import queue_done
 from marginwatch.state.episodes import end_vanished_episodes
 from marginwatch.state.prices import read_ticks
 
@@ -97,6 +98,7 @@ def liquidate(
     def mutate(
         current: StoredAccount | None, pipe: Pipeline, watched: dict[str, bytes | None]
     ) -> LiquidationOutcome:
+        queue_done(pipe, action.partition, action.account_id, action.pool)
         if watched[done] is not None:
             return LiquidationOutcome("duplicate")
         ledger_text = watched[ledger]

@@ -25,7 +25,7 @@ import redis
 
 from marginwatch.base import keys
 from marginwatch.base.actions import Action
-from marginwatch.base.pools import CROSS_POOL, episode_member, pool_of
+from marginwatch.base.pools import CROSS_POOL, pool_member, pool_of
 from marginwatch.base.report import decimal_string
 from marginwatch.base.settings import Settings
 from marginwatch.engine.brackets import BracketTable
@@ -112,7 +112,7 @@ def execute_margin_calls(
         fields = _fields("margin_call", batch[i], pool, events[i])
         pipe.eval(_START_EPISODE, 3, *_episode_keys(batch[i]), batch[i].tick_sequence,
                   EPISODE_TTL_SECONDS, EVENTS_MAXLEN,
-                  episode_member(batch[i].account_id, batch[i].pool), *_flat(fields))  # fmt: skip
+                  pool_member(batch[i].account_id, batch[i].pool), *_flat(fields))  # fmt: skip
     for i, started in zip(confirmed, pipe.execute(), strict=True):
         results[i] = ("sent", events[i]) if started else ("duplicate", None)
     return results
@@ -167,7 +167,7 @@ def execute_resolution(
     event = {"e": "MARGIN_CALL_RESOLVED", "E": now_ms()}
     fields = _fields("resolved", action, None if found is None else found[1], event)
     ended = client.eval(_END_EPISODE, 3, *_episode_keys(action), EVENTS_MAXLEN,
-                        episode_member(action.account_id, action.pool), *_flat(fields))  # fmt: skip
+                        pool_member(action.account_id, action.pool), *_flat(fields))  # fmt: skip
     return "sent" if ended else "duplicate"
 
 

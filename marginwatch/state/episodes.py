@@ -16,7 +16,7 @@ import redis
 from redis.client import Pipeline
 
 from marginwatch.base import keys
-from marginwatch.base.pools import episode_member, open_pools, split_episode_member
+from marginwatch.base.pools import open_pools, pool_member, split_pool_member
 from marginwatch.engine.types import Account
 
 
@@ -24,11 +24,11 @@ def end_vanished_episodes(pipe: Pipeline, partition: int, before: Account, after
     """Queue the end of the episodes of the pools ``before`` held and ``after`` does not."""
     for pool in sorted(open_pools(before) - open_pools(after)):
         pipe.delete(keys.episode(partition, before.account_id, pool))
-        pipe.srem(keys.partition_episodes(partition), episode_member(before.account_id, pool))
+        pipe.srem(keys.partition_episodes(partition), pool_member(before.account_id, pool))
 
 
 def open_episodes(client: redis.Redis, partition: int) -> Iterator[tuple[str, str]]:
     """(account id, pool) of every open episode of the partition."""
     members: set[bytes] = client.smembers(keys.partition_episodes(partition))  # type: ignore[assignment]
     for member in members:
-        yield split_episode_member(member.decode())
+        yield split_pool_member(member.decode())

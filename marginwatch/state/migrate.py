@@ -38,7 +38,7 @@ import redis
 
 from marginwatch.base import keys
 from marginwatch.base.partitions import partition_of
-from marginwatch.base.pools import episode_member
+from marginwatch.base.pools import pool_member
 from marginwatch.state.streams import id_order
 
 SCAN_COUNT = 1_000
@@ -260,7 +260,7 @@ def _move_episodes(client: redis.Redis, partitions: int, report: MigrationReport
             continue
         partition = partition_of(parts[0], partitions)
         if _rename(client, key, keys.episode(partition, *parts), report):
-            client.sadd(keys.partition_episodes(partition), episode_member(*parts))
+            client.sadd(keys.partition_episodes(partition), pool_member(*parts))
             report.count("margin-call episodes")
 
 

@@ -32,6 +32,7 @@ from marginwatch.base.ticks import Tick
 from marginwatch.engine import batch
 from marginwatch.engine.exact import PoolReport, evaluate_account
 from marginwatch.engine.types import Account, Status
+from marginwatch.state.due import queue_due
 from marginwatch.worker.partition import PartitionBook
 
 MARGIN_CALL_CODE = Status.MARGIN_CALL.severity
@@ -184,7 +185,7 @@ def finish_evaluation(client: redis.Redis, book: PartitionBook, outcome: Evaluat
     """After the outcome's actions are sent: remember the decisions, record progress, time
     the whole evaluation."""
     apply_decisions(book, outcome.decisions)
-    write_progress(client, book, outcome.newest_tick)
+    write_progress(client, book, outcome)
     outcome.seconds = time.perf_counter() - outcome.perf_started
 
 
@@ -195,16 +196,20 @@ def apply_decisions(book: PartitionBook, decisions: list[Decision]) -> None:
         book.in_episode[decision.pool] = decision.in_episode
 
 
-def write_progress(client: redis.Redis, book: PartitionBook, newest_tick: Tick | None) -> None:
-    """The newest tick sequence this evaluation read and, at most once per
-    ``RISKIEST_INTERVAL_SECONDS``, the partition's riskiest pools (for ``status`` and the demo
-    view), in one transaction (actions are already sent)."""
+def write_progress(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:
+    """The newest tick sequence this evaluation read, the liquidations it sent (now due) and,
+    at most once per ``RISKIEST_INTERVAL_SECONDS``, the partition's riskiest pools (for
+    ``status`` and the demo view), in one transaction (actions are already sent)."""
     pipe = client.pipeline(transaction=True)
     now = time.monotonic()
     if now - book.riskiest_written_at >= RISKIEST_INTERVAL_SECONDS:
         book.riskiest_written_at = now
         write_riskiest(pipe, book)
-    pipe.set(keys.partition_evaluated(book.partition), newest_tick.sequence if newest_tick else 0)
+    liquidations = [a for a in outcome.actions if a.kind is ActionKind.LIQUIDATION]
+    queue_due(pipe, book.partition, [(a.account_id, a.pool) for a in liquidations],
+              int(outcome.started_at * 1000))  # fmt: skip
+    newest = outcome.newest_tick
+    pipe.set(keys.partition_evaluated(book.partition), newest.sequence if newest else 0)
     pipe.execute()
 
 

@@ -60,6 +60,12 @@ def cross_ratios(book: PartitionBook) -> batch.FloatArray:
     return book.result.margin_ratio[holding]
 
 
+def observe_due(metrics: WorkerMetrics, partition: int, oldest_ms: int | None, now: float) -> None:
+    """Age of the partition's oldest due liquidation (0 when none is due)."""
+    age = 0.0 if oldest_ms is None else age_seconds(now, oldest_ms)
+    metrics.oldest_due_liquidation.labels(str(partition)).set(age)
+
+
 def held_symbols(book: PartitionBook) -> list[str]:
     """Symbols of the partition's positions."""
     return [book.brackets.symbols[int(i)] for i in np.unique(book.book.symbol)]

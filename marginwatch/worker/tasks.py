@@ -21,6 +21,7 @@ from marginwatch.runtime.celery_app import (
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
 from marginwatch.state.bad_records import BadRecords
+from marginwatch.state.due import oldest_due_ms
 from marginwatch.worker import instrumentation
 from marginwatch.worker.evaluation import EvaluationOutcome, evaluate_partition, finish_evaluation
 from marginwatch.worker.partition import PartitionBook
@@ -76,6 +77,9 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
     instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
     if runtime.book_gauges_due.due(partition):
         instrumentation.observe_book_gauges(metrics, book, outcome, settings.stale_after_seconds)
+        with counting_redis_errors(metrics.redis_errors):
+            oldest = oldest_due_ms(runtime.client, partition)
+        instrumentation.observe_due(metrics, partition, oldest, outcome.started_at)
     if runtime.liquidation_map_due.due(partition):
         instrumentation.refresh_liquidation_map(metrics, book, outcome.marks, settings.venue)
     return outcome

@@ -1,0 +1,40 @@
+"""Liquidations that are due: sent by a worker, not yet executed or skipped by an executor.
+
+The worker adds each pool it sends a liquidation for to its partition's sorted set
+(``keys.due_liquidations``), scored by when the first was sent (a later one keeps that
+score), in the transaction that records its progress; the executor removes it in the
+transaction that liquidates or skips it. The oldest member's age is exported by the workers;
+the ``MarginwatchLiquidationOverdue`` alert fires when a due liquidation waits too long.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import redis
+from redis.client import Pipeline
+
+from marginwatch.base import keys
+from marginwatch.base.pools import pool_member
+
+
+def queue_due(
+    pipe: Pipeline, partition: int, pools: Iterable[tuple[str, str]], now_ms: int
+) -> None:
+    """Queue (account id, pool) as due since ``now_ms`` unless due already."""
+    members = {pool_member(account_id, pool): now_ms for account_id, pool in pools}
+    if members:
+        pipe.zadd(keys.due_liquidations(partition), members, nx=True)
+
+
+def queue_done(pipe: Pipeline, partition: int, account_id: str, pool: str) -> None:
+    """Queue the removal of a pool whose liquidation was executed or skipped."""
+    pipe.zrem(keys.due_liquidations(partition), pool_member(account_id, pool))
+
+
+def oldest_due_ms(client: redis.Redis, partition: int) -> int | None:
+    """When the partition's oldest due liquidation was first sent (ms), if any."""
+    oldest: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]
+        keys.due_liquidations(partition), 0, 0, withscores=True
+    )
+    return int(oldest[0][1]) if oldest else None
