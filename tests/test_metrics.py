@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -57,6 +58,7 @@ from marginwatch.runtime.celery_app import (
     TASK_DELIVER_WEBHOOK,
     TASK_LIQUIDATE,
     TASK_MARGIN_CALLS,
+    actions_queue,
     make_celery,
 )
 from marginwatch.state.accounts import store_accounts
@@ -276,6 +278,14 @@ def test_the_oldest_due_liquidation_age_is_exported(runtime: WorkerRuntime) -> N
     age = sample(registry, "marginwatch_oldest_due_liquidation_age_seconds", partition="0")
     assert age is not None
     assert 90 <= age < 100
+    # Still due after 10 s with nothing queued (its message was lost): sent again, once.
+    queued = runtime.client.lrange(actions_queue(0), 0, -1)
+    assert len(queued) == 1
+    body = json.loads(base64.b64decode(json.loads(queued[0])["body"]))
+    assert body[0][0] == Action(ActionKind.LIQUIDATION, 0, "E", "cross", 1).to_message()
+    runtime.book_gauges_due.last.clear()  # the next evaluation looks again
+    run_evaluation(runtime, 0)  # one is queued now: not again
+    assert runtime.client.llen(actions_queue(0)) == 1
 
 
 def test_liquidation_map_is_refreshed_at_most_once_a_second(runtime: WorkerRuntime) -> None:

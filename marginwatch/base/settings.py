@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(5, ge=1)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     task_time_limit_seconds: int = Field(60, ge=1)
+    liquidation_resend_after_seconds: float = Field(
+        10.0, gt=0, description="send a due liquidation again after this, if none is queued"
+    )
     visibility_timeout_seconds: int | None = Field(
         None, ge=1, description="redeliver an unacknowledged task after this; unset: limit + 300"
     )

@@ -5,6 +5,11 @@ The worker adds each pool it sends a liquidation for to its partition's sorted s
 score), in the transaction that records its progress; the executor removes it in the
 transaction that liquidates or skips it. The oldest member's age is exported by the workers;
 the ``MarginwatchLiquidationOverdue`` alert fires when a due liquidation waits too long.
+
+A message can be lost between the queue and an executor that dies at that moment (the Redis
+transport pops it before it records it as unacknowledged), so a worker sends a liquidation
+again when it is still due after ``liquidation_resend_after_seconds`` and nothing waits in the
+partition's liquidation queue; the executor's idempotency key makes a second copy harmless.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import redis
 from redis.client import Pipeline
 
 from marginwatch.base import keys
-from marginwatch.base.pools import pool_member
+from marginwatch.base.pools import pool_member, split_pool_member
 
 
 def queue_due(
@@ -30,6 +35,14 @@ def queue_due(
 def queue_done(pipe: Pipeline, partition: int, account_id: str, pool: str) -> None:
     """Queue the removal of a pool whose liquidation was executed or skipped."""
     pipe.zrem(keys.due_liquidations(partition), pool_member(account_id, pool))
+
+
+def overdue(client: redis.Redis, partition: int, sent_before_ms: int) -> list[tuple[str, str]]:
+    """(account id, pool) of the partition's liquidations due since before ``sent_before_ms``."""
+    members: list[bytes] = client.zrangebyscore(  # type: ignore[assignment]
+        keys.due_liquidations(partition), "-inf", sent_before_ms
+    )
+    return [split_pool_member(member.decode()) for member in members]
 
 
 def oldest_due_ms(client: redis.Redis, partition: int) -> int | None:

@@ -10,18 +10,20 @@ from celery import Celery
 from prometheus_client import CollectorRegistry
 
 from marginwatch.base import keys
+from marginwatch.base.actions import Action, ActionKind
 from marginwatch.base.metrics import WorkerMetrics
 from marginwatch.engine import batch
 from marginwatch.runtime.celery_app import (
     RETRY_ON_REDIS_ERRORS,
     TASK_EVALUATE_PARTITION,
+    actions_queue,
     send_actions,
     send_evaluation,
 )
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
 from marginwatch.state.bad_records import BadRecords
-from marginwatch.state.due import oldest_due_ms
+from marginwatch.state.due import oldest_due_ms, overdue
 from marginwatch.worker import instrumentation
 from marginwatch.worker.evaluation import EvaluationOutcome, evaluate_partition, finish_evaluation
 from marginwatch.worker.partition import PartitionBook
@@ -79,10 +81,28 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
         instrumentation.observe_book_gauges(metrics, book, outcome, settings.stale_after_seconds)
         with counting_redis_errors(metrics.redis_errors):
             oldest = oldest_due_ms(runtime.client, partition)
+            resend_overdue(runtime, book, outcome.started_at)
         instrumentation.observe_due(metrics, partition, oldest, outcome.started_at)
     if runtime.liquidation_map_due.due(partition):
         instrumentation.refresh_liquidation_map(metrics, book, outcome.marks, settings.venue)
     return outcome
+
+
+def resend_overdue(runtime: WorkerRuntime, book: PartitionBook, now: float) -> int:
+    """Send again the liquidations due for longer than the setting while nothing waits in
+    the partition's liquidation queue (a message lost with an executor); how many."""
+    if runtime.client.llen(actions_queue(book.partition)):
+        return 0
+    sent_before_ms = int((now - runtime.settings.liquidation_resend_after_seconds) * 1000)
+    pools = overdue(runtime.client, book.partition, sent_before_ms)
+    resent = [Action(ActionKind.LIQUIDATION, book.partition, account_id, pool,
+                     book.accounts[account_id].version)
+              for account_id, pool in pools if account_id in book.accounts]  # fmt: skip
+    if resent:
+        log.warning("partition %s: %d due liquidations sent again", book.partition, len(resent))
+        send_actions(runtime.app, book.partition, resent)
+        runtime.metrics.actions_sent.labels(ActionKind.LIQUIDATION.value).inc(len(resent))
+    return len(resent)
 
 
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
