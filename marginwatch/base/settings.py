@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from marginwatch.base import crash
 from marginwatch.engine.brackets import BracketTable, default_tables, load_bracket_file
 from marginwatch.engine.types import (
     DEFAULT_MARGIN_CALL_RATIO,
@@ -48,9 +49,19 @@ class Settings(BaseSettings):
     liquidation_resend_after_seconds: float = Field(
         10.0, gt=0, description="send a due liquidation again after this, if none is queued"
     )
+    crash_at: str | None = Field(
+        None, description="exit abruptly at this crash point (fault tests only; see base.crash)"
+    )
     visibility_timeout_seconds: int | None = Field(
         None, ge=1, description="redeliver an unacknowledged task after this; unset: limit + 300"
     )
+
+    @field_validator("crash_at")
+    @classmethod
+    def _known_crash_point(cls, value: str | None) -> str | None:
+        if value is not None and value not in crash.POINTS:
+            raise ValueError(f"unknown crash point {value!r}; known: {', '.join(crash.POINTS)}")
+        return value
 
     @property
     def thresholds(self) -> Thresholds:

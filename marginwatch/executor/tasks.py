@@ -10,6 +10,7 @@ from typing import Any
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
+from marginwatch.base import crash
 from marginwatch.base.actions import Action, ActionMessageError
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.base.partitions import partition_of
@@ -79,6 +80,7 @@ def run_margin_calls(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]
         results = margin_calls.execute_margin_calls(
             runtime.client, runtime.tables, runtime.settings, batch, runtime.bad
         )
+    crash.at("executor:after-margin-calls")
     for action, (outcome, event) in zip(batch, results, strict=True):
         instrumentation.observe_margin_call(runtime.metrics, action, outcome)
         for url in runtime.settings.webhook_urls if event is not None else ():
@@ -101,6 +103,7 @@ def run_liquidation(runtime: ExecutorRuntime, action: Action) -> str:
     with counting_redis_errors(runtime.metrics.redis_errors):
         outcome = liquidation.liquidate(runtime.client, runtime.tables, runtime.settings, action,
                                         runtime.bad)  # fmt: skip
+    crash.at("executor:after-liquidation")
     instrumentation.observe_liquidation(runtime.metrics, action, outcome)
     return outcome.result
 

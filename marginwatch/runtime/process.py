@@ -21,6 +21,7 @@ import redis
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
+from marginwatch.base import crash
 from marginwatch.base.metrics import metrics_url, serve_metrics
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
 from marginwatch.engine.brackets import BracketTable
@@ -45,6 +46,7 @@ class Runtime:
 def connect(settings: Settings, loglevel: str) -> Runtime:
     """Redis (checked for the deployment's P), the Celery app (its logging set up now, so
     start-up lines are logged) and the bracket tables."""
+    crash.arm(settings.crash_at)
     url = redis_url(settings)
     client = redis.Redis.from_url(url)
     ensure_partition_count(client, settings.partitions)

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from marginwatch.base import keys
+from marginwatch.base import crash, keys
 
 PENDING_TTL_SECONDS = 10
 READ_BLOCK_MS = 250
@@ -69,6 +69,7 @@ class Dispatcher:
         for partition in partitions:
             pipe.set(keys.partition_pending(partition), 1, nx=True, ex=PENDING_TTL_SECONDS)
         armed = [p for p, was_set in zip(partitions, pipe.execute(), strict=True) if was_set]
+        crash.at("dispatcher:after-pending-flags")
         if self.on_pending is not None:
             self.on_pending(armed)  # before they are enqueued: the evaluation clears it
         for partition in armed:

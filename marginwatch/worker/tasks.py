@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
-from marginwatch.base import keys
+from marginwatch.base import crash, keys
 from marginwatch.base.actions import Action, ActionKind
 from marginwatch.base.metrics import WorkerMetrics
 from marginwatch.engine import batch
@@ -74,6 +74,8 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
         book = runtime.book(partition)
         outcome = evaluate_partition(book, runtime.client, settings)
         send_actions(runtime.app, partition, outcome.actions)
+        if outcome.actions:
+            crash.at("worker:after-send")
         finish_evaluation(runtime.client, book, outcome)
     log.debug("partition %s: %s", partition, outcome)
     instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
