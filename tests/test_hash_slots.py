@@ -194,7 +194,7 @@ def test_the_whole_flow_runs_on_a_cluster_node(node: redis.Redis) -> None:
     resolutions = [
         a for a in evaluate_all(node, books) if a.kind is ActionKind.MARGIN_CALL_RESOLVED
     ]
-    assert [execute_resolution(node, TABLES, SETTINGS, a) for a in resolutions] == ["sent"] * 4
+    assert [execute_resolution(node, TABLES, SETTINGS, a)[0] for a in resolutions] == ["sent"] * 4
     publish(node, BTCUSDT="48000")  # E, F, G, K bankrupt; I's isolated pool too
     due = [a for a in evaluate_all(node, books) if a.kind is ActionKind.LIQUIDATION]
     assert {a.account_id for a in due} == {"E", "F", "G", "K", "I"}

@@ -111,3 +111,17 @@ def test_helper_thread_restarts_after_a_redis_error() -> None:
 
     supervised(flaky, stop)
     assert len(calls) == 3
+
+
+def test_executor_with_webhooks_and_no_secret_refuses_to_start(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Unsigned webhooks are refused unless explicitly allowed; the message says how."""
+    env = {**os.environ, "MARGINWATCH_REDIS_URL": redis_server.url,
+           "MARGINWATCH_WEBHOOK_URLS": '["http://127.0.0.1:9/hook"]'}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "marginwatch", "executor"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 2
+    assert "MARGINWATCH_WEBHOOK_SECRET is empty while MARGINWATCH_WEBHOOK_URLS is set" in (
+        result.stderr
+    )

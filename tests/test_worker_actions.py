@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import ClassVar
 
+import jsonschema
 import pytest
 import redis
 
@@ -23,11 +25,12 @@ from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import Account, MarginMode, Position
 from marginwatch.executor.liquidation import execute_liquidation
 from marginwatch.executor.margin_calls import execute_margin_calls, execute_resolution
-from marginwatch.executor.webhooks import SIGNATURE_HEADER, WebhookDeliveryError, deliver
+from marginwatch.executor.webhooks import SIGNATURE_HEADER, WebhookDeliveryError, deliver, verify
 from marginwatch.producer.publisher import Publisher
 from marginwatch.state.accounts import read_account, store_accounts
 
 D = Decimal
+WEBHOOK_SCHEMA = Path(__file__).parent.parent / "docs" / "schemas" / "webhook.schema.json"
 SETTINGS = Settings(redis_url="unused", partitions=1, liquidation_fee_rate=D("0.001"))
 TABLES = dict(default_tables())
 ACCOUNT = Account("E", D(1265), (Position("BTCUSDT", D(1), D(50_000), 20, MarginMode.CROSS),))
@@ -50,9 +53,10 @@ def mark(client: redis.Redis, price: str, event_time_ms: int) -> None:
 def test_margin_call_event_is_binance_shaped_and_sent_once(stored: redis.Redis) -> None:
     """At 48,950 (ratio 0.911): one MARGIN_CALL with cw and the position; then duplicate."""
     mark(stored, "48950", 1)
-    outcome, event = execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0]
+    outcome, document = execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0]
     assert outcome == "sent"
-    assert event is not None
+    assert document is not None
+    event = document["event"]
     assert event["e"] == "MARGIN_CALL"
     assert event["cw"] == "1265"
     assert event["p"] == [{"s": "BTCUSDT", "ps": "BOTH", "pa": "1", "mt": "CROSSED", "iw": "0",
@@ -73,8 +77,8 @@ def test_resolution_ends_the_episode(stored: redis.Redis) -> None:
     mark(stored, "48950", 1)
     execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0]
     mark(stored, "49500", 2)
-    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "sent"
-    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "duplicate"
+    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION)[0] == "sent"
+    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == ("duplicate", None)
     kinds = [fields[b"kind"] for _id, fields in stored.xrange(keys.margin_call_events(0))]
     assert kinds == [b"margin_call", b"resolved"]
 
@@ -84,7 +88,7 @@ def test_resolution_is_not_confirmed_above_the_rearm_level(stored: redis.Redis) 
     mark(stored, "48950", 1)
     execute_margin_calls(stored, TABLES, SETTINGS, [CALL])
     mark(stored, "48989.5", 2)
-    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "not_confirmed"
+    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == ("not_confirmed", None)
     assert stored.exists(keys.episode(0, "E", "cross"))
     assert [f[b"kind"] for _id, f in stored.xrange(keys.margin_call_events(0))] == [b"margin_call"]
 
@@ -151,14 +155,23 @@ def test_a_rescued_pool_that_goes_bankrupt_again_is_liquidated(stored: redis.Red
 
 
 class Receiver(BaseHTTPRequestHandler):
-    """Accepts POSTs and keeps what it got."""
+    """Accepts POSTs on /hook and keeps what it got; answers /moved with a redirect to /hook."""
 
     received: ClassVar[list[tuple[bytes, str]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         Receiver.received.append((body, self.headers[SIGNATURE_HEADER]))
-        self.send_response(204)
+        if self.path == "/moved":
+            self.send_response(302)
+            self.send_header("Location", "/hook")
+        else:
+            self.send_response(204)
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        Receiver.received.append((b"GET", ""))
+        self.send_response(200)
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
@@ -167,24 +180,56 @@ class Receiver(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver() -> Iterator[str]:
-    """A local HTTP receiver on a free port; yields its URL."""
+    """A local HTTP receiver on a free port; yields its base URL."""
+    Receiver.received.clear()
     server = HTTPServer(("127.0.0.1", 0), Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
 
-def test_webhook_is_signed_with_hmac_sha256(receiver: str) -> None:
-    """The receiver can verify the body against the shared secret."""
-    body = json.dumps({"e": "MARGIN_CALL"}).encode()
-    assert deliver(receiver, body, "s3cret") == 204
-    got, signature = Receiver.received[-1]
+def test_webhook_signature_covers_a_timestamp_and_the_body(receiver: str) -> None:
+    """t=…,v1=HMAC-SHA256(secret, "t." + body): the receiver verifies it; another body, an old
+    timestamp or another secret fail."""
+    body = json.dumps({"event_id": "p0:1-0"}).encode()
+    assert deliver(receiver + "/hook", body, "s3cret", 1_700_000_000) == 204
+    got, header = Receiver.received[-1]
     assert got == body
-    assert signature == "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert header == f"t=1700000000,v1={expected}"
+    assert verify("s3cret", body, header, now=1_700_000_100)
+    assert not verify("s3cret", body + b" ", header, now=1_700_000_100)
+    assert not verify("s3cret", body, header, now=1_700_000_000 + 301)  # a replay
+    assert not verify("other", body, header, now=1_700_000_100)
+
+
+def test_a_redirect_is_a_failed_delivery(receiver: str) -> None:
+    """302 is not followed (it would arrive as a GET without body): the task retries."""
+    with pytest.raises(WebhookDeliveryError, match="302"):
+        deliver(receiver + "/moved", b"{}", "s3cret", 1_700_000_000)
+    assert [got for got, _header in Receiver.received] == [b"{}"]
 
 
 def test_webhook_failure_raises_for_retry() -> None:
     """A receiver that is not there raises, so the task retries with backoff."""
     with pytest.raises(WebhookDeliveryError):
-        deliver("http://127.0.0.1:9/hook", b"{}", "s3cret")
+        deliver("http://127.0.0.1:9/hook", b"{}", "s3cret", 1_700_000_000)
+
+
+def test_the_webhook_document_follows_its_schema(stored: redis.Redis) -> None:
+    """Margin call and resolution documents validate against docs/schemas/webhook.schema.json;
+    their event ids are the stream entries'."""
+    schema = json.loads(WEBHOOK_SCHEMA.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    mark(stored, "48950", 1)
+    _outcome, call = execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0]
+    mark(stored, "49500", 2)
+    _outcome, resolved = execute_resolution(stored, TABLES, SETTINGS, RESOLUTION)
+    ids = [f"p0:{entry_id.decode()}" for entry_id, _f in stored.xrange(keys.margin_call_events(0))]
+    for document in (call, resolved):
+        assert document is not None
+        assert list(validator.iter_errors(document)) == []
+    assert [call["event_id"], resolved["event_id"]] == ids  # type: ignore[index]
+    assert (call["kind"], resolved["kind"]) == ("margin_call", "resolved")  # type: ignore[index]
+    assert call["margin_ratio"] == "0.91069767"  # type: ignore[index]  # 195.8 / 215, cut

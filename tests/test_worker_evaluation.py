@@ -121,7 +121,7 @@ def execute(client: redis.Redis, actions: list[Action]) -> list[str]:
     ]
     for action in actions:
         if action.kind is RESOLVED:
-            outcomes.append(execute_resolution(client, TABLES, SETTINGS, action))
+            outcomes.append(execute_resolution(client, TABLES, SETTINGS, action)[0])
         elif action.kind is LIQUIDATION:
             outcomes.append(execute_liquidation(client, TABLES, SETTINGS, action))
     return outcomes

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_jump_ratio: Decimal | None = Field(None, gt=0, description="reject ticks moving more")
     webhook_urls: list[str] = Field(default_factory=list)
     webhook_secret: str = ""
+    webhook_allow_unsigned: bool = Field(
+        False, description="deliver webhooks with an empty secret (a demo; never in production)"
+    )
     webhook_max_attempts: int = Field(5, ge=1)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     task_time_limit_seconds: int = Field(60, ge=1)

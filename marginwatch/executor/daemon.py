@@ -76,6 +76,15 @@ def run_executor(
     settings: Settings, roles: Sequence[str], partitions: Sequence[int], loglevel: str = "INFO"
 ) -> None:
     """Execute the partitions' actions until stopped; with them, apply their account events."""
+    if (
+        settings.webhook_urls
+        and not settings.webhook_secret
+        and not settings.webhook_allow_unsigned
+    ):
+        raise ConfigurationError(
+            "MARGINWATCH_WEBHOOK_SECRET is empty while MARGINWATCH_WEBHOOK_URLS is set: set a "
+            "secret (receivers verify the signature), or MARGINWATCH_WEBHOOK_ALLOW_UNSIGNED=true"
+        )
     base = connect(settings, loglevel)
     consume_in_listed_order(base.app)
     registry = CollectorRegistry()

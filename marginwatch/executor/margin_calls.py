@@ -93,7 +93,8 @@ def execute_margin_calls(
     """Emit a MARGIN_CALL once per episode for every action of ``batch`` whose exact ratio
     still calls for it, in three round trips whatever its size: the accounts (pipelined), their
     marks (one HMGET), and the episode scripts (pipelined). Returns each action's outcome
-    (``sent``, ``duplicate``, ``not_confirmed`` or ``gone``) and the event emitted, in order."""
+    (``sent``, ``duplicate``, ``not_confirmed`` or ``gone``) and, when sent, the webhook
+    document of the event (``webhook_document``), in order."""
     accounts = _read_accounts_of(client, batch, bad)
     symbols = {p.symbol for stored in accounts.values() for p in stored.account.positions}
     marks = {s: tick.mark_price for s, tick in read_ticks_of(client, symbols, bad).items()}
@@ -103,19 +104,40 @@ def execute_margin_calls(
         ("gone", None) if f is None else ("not_confirmed", None) for f in found
     ]
     confirmed = {i: f for i, f in enumerate(found) if f is not None and _calls(f[1], settings)}
-    events = {
-        i: margin_call_event(report, batch[i].pool, members, now_ms())
-        for i, (report, _pool, members) in confirmed.items()
-    }
+    fields = {
+        i: _fields("margin_call", batch[i], pool, margin_call_event(report, batch[i].pool,
+                                                                    members, now_ms()))
+        for i, (report, pool, members) in confirmed.items()
+    }  # fmt: skip
     pipe = client.pipeline(transaction=False)
-    for i, (_report, pool, _members) in confirmed.items():
-        fields = _fields("margin_call", batch[i], pool, events[i])
+    for i in confirmed:
         pipe.eval(_START_EPISODE, 3, *_episode_keys(batch[i]), batch[i].tick_sequence,
                   EPISODE_TTL_SECONDS, EVENTS_MAXLEN,
-                  pool_member(batch[i].account_id, batch[i].pool), *_flat(fields))  # fmt: skip
-    for i, started in zip(confirmed, pipe.execute(), strict=True):
-        results[i] = ("sent", events[i]) if started else ("duplicate", None)
+                  pool_member(batch[i].account_id, batch[i].pool), *_flat(fields[i]))  # fmt: skip
+    for i, entry_id in zip(confirmed, pipe.execute(), strict=True):
+        document = webhook_document(batch[i], fields[i], entry_id) if entry_id else None
+        results[i] = ("sent", document) if document else ("duplicate", None)
     return results
+
+
+def webhook_document(
+    action: Action, fields: dict[str, str | int], entry_id: bytes
+) -> dict[str, Any]:
+    """The document a webhook receives (docs/schemas/webhook.schema.json): the margin-call
+    stream entry, with a stable ``event_id`` (partition and entry id) to deduplicate on."""
+    ratio = fields["margin_ratio"]
+    return {
+        "event_id": f"p{action.partition}:{entry_id.decode()}",
+        "kind": fields["kind"],
+        "account_id": action.account_id,
+        "pool": action.pool,
+        "partition": action.partition,
+        "margin_ratio": ratio or None,
+        "tick_sequence": action.tick_sequence,
+        "tick_event_time_ms": action.tick_event_time_ms,
+        "time_ms": fields["emitted_ms"],
+        "event": json.loads(str(fields["event"])),
+    }
 
 
 def _read_accounts_of(
@@ -157,18 +179,21 @@ def execute_resolution(
     settings: Settings,
     action: Action,
     bad: BadRecords | None = None,
-) -> str:
-    """End the episode (and say so) if the exact ratio is below the re-arm level."""
+) -> tuple[str, dict[str, Any] | None]:
+    """End the episode (and say so) if the exact ratio is below the re-arm level; the outcome
+    and the webhook document of the ``resolved`` event (``None`` when none was written)."""
     found = _current_pool(client, tables, settings, action, bad)
     if found is not None:
         _report, pool, _members = found
         if pool.margin_ratio is None or pool.margin_ratio >= settings.rearm_below:
-            return "not_confirmed"
+            return "not_confirmed", None
     event = {"e": "MARGIN_CALL_RESOLVED", "E": now_ms()}
     fields = _fields("resolved", action, None if found is None else found[1], event)
-    ended = client.eval(_END_EPISODE, 3, *_episode_keys(action), EVENTS_MAXLEN,
-                        pool_member(action.account_id, action.pool), *_flat(fields))  # fmt: skip
-    return "sent" if ended else "duplicate"
+    entry_id = client.eval(_END_EPISODE, 3, *_episode_keys(action), EVENTS_MAXLEN,
+                           pool_member(action.account_id, action.pool), *_flat(fields))  # fmt: skip
+    if not entry_id:
+        return "duplicate", None
+    return "sent", webhook_document(action, fields, entry_id)
 
 
 def _current_pool(
@@ -196,19 +221,18 @@ def _episode_keys(action: Action) -> tuple[str, str, str]:
 
 # KEYS: episode key, event stream, the partition's open episodes.
 # ARGV (start): tick sequence, TTL seconds, stream max length, member, field, value, ...
+# Each returns the event's stream entry id, or 0 when it wrote nothing.
 _START_EPISODE = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 redis.call('SADD', KEYS[3], ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
-return 1
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
 """
 # ARGV (end): stream max length, member, field, value, ... (the member leaves the set even
 # when the key is gone already: expired, or ended by a liquidation)
 _END_EPISODE = """
 redis.call('SREM', KEYS[3], ARGV[2])
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
-return 1
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
 """
 
 

@@ -4,6 +4,7 @@ process's resources to a plain function, then observing the outcome."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,20 +82,26 @@ def run_margin_calls(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]
             runtime.client, runtime.tables, runtime.settings, batch, runtime.bad
         )
     crash.at("executor:after-margin-calls")
-    for action, (outcome, event) in zip(batch, results, strict=True):
+    for action, (outcome, document) in zip(batch, results, strict=True):
         instrumentation.observe_margin_call(runtime.metrics, action, outcome)
-        for url in runtime.settings.webhook_urls if event is not None else ():
-            send_webhook(runtime.app, url, json.dumps(event))
-    return [outcome for outcome, _event in results]
+        send_webhooks(runtime, document)
+    return [outcome for outcome, _document in results]
+
+
+def send_webhooks(runtime: ExecutorRuntime, document: dict[str, Any] | None) -> None:
+    """One delivery task per configured URL for an event's document."""
+    for url in runtime.settings.webhook_urls if document is not None else ():
+        send_webhook(runtime.app, url, json.dumps(document))
 
 
 def run_resolution(runtime: ExecutorRuntime, action: Action) -> str:
     """End a margin-call episode if the exact ratio says so."""
     with counting_redis_errors(runtime.metrics.redis_errors):
-        outcome = margin_calls.execute_resolution(
+        outcome, document = margin_calls.execute_resolution(
             runtime.client, runtime.tables, runtime.settings, action, runtime.bad
         )
     instrumentation.observe_resolution(runtime.metrics, action, outcome)
+    send_webhooks(runtime, document)
     return outcome
 
 
@@ -110,7 +117,7 @@ def run_liquidation(runtime: ExecutorRuntime, action: Action) -> str:
 
 def run_webhook(runtime: ExecutorRuntime, url: str, body: str) -> int:
     """Deliver one event (a failure raises; the task retries it)."""
-    status = webhooks.deliver(url, body.encode(), runtime.settings.webhook_secret)
+    status = webhooks.deliver(url, body.encode(), runtime.settings.webhook_secret, time.time())
     runtime.metrics.webhook_deliveries.labels("delivered").inc()
     return status
 
