@@ -39,7 +39,7 @@ from marginwatch.state.accounts import store_accounts
 from marginwatch.state.applier import apply_pending, partition_lease, reclaim_pending
 from marginwatch.state.fund import credit_ledger, read_insurance_fund
 from marginwatch.worker.dispatch import Dispatcher
-from marginwatch.worker.evaluation import evaluate_partition, finish_evaluation
+from marginwatch.worker.evaluation import evaluate_partition, finish_evaluation, record_due
 from marginwatch.worker.partition import PartitionBook
 from tests.polling import wait_for
 
@@ -117,6 +117,7 @@ def evaluate_all(client: redis.Redis, books: dict[int, PartitionBook]) -> list[A
     found = []
     for book in books.values():
         outcome = evaluate_partition(book, client, SETTINGS)
+        record_due(client, book, outcome)
         finish_evaluation(client, book, outcome)
         found += outcome.actions
     return found

@@ -31,7 +31,7 @@ ISOLATED = Position("BTCUSDT", D("0.5"), D(50_000), 40, MarginMode.ISOLATED,
 # "a:b" holds a colon: keys that embed an account id must still be split right.
 ACCOUNTS = {"alice": Account("alice", D(1310), (BTC,)), "bob": Account("bob", D(500), (ISOLATED,)),
             "a:b": Account("a:b", D(77))}  # fmt: skip
-VERSIONS = {"alice": 3, "bob": 1, "a:b": 2}
+VERSIONS = {"alice": 3, "bob": 2, "a:b": 2}
 DAY_MS = 24 * 3600 * 1000
 
 
@@ -80,7 +80,8 @@ def fill_legacy(client: redis.Redis) -> dict[str, Any]:
                                                     "pool": "isolated:BTCUSDT:BOTH"})]  # fmt: skip
     client.set("mw:episode:alice:cross", 41, ex=30 * 24 * 3600)
     client.set("mw:episode:a:b:isolated:BTCUSDT:BOTH", 40, ex=30 * 24 * 3600)
-    client.set("mw:done:liquidation:bob:isolated:BTCUSDT:BOTH:1", 1, px=DAY_MS)
+    client.set("mw:done:liquidation:bob:isolated:BTCUSDT:BOTH:1", 1, px=DAY_MS)  # v1 -> v2
+    client.set("mw:done:liquidation:alice:cross:3", 1, px=DAY_MS)  # a skip at the current v3
     client.set("mw:done:event:dep-1", "accepted", px=DAY_MS)  # its event is still in the stream
     client.set("mw:done:event:gone-1", "rejected", px=DAY_MS)  # its event was trimmed away
     client.set("mw:insurance-fund", "1000000.5")
@@ -141,6 +142,8 @@ def test_episodes_and_idempotency_keys_keep_their_values_and_ttls(
     assert found == [b"accepted" if p == alice else None for p in range(P)]
     gone = [redis_client.get(keys.idempotency(p, "event:gone-1")) for p in range(P)]
     assert gone == [b"rejected"] * P
+    # The old layout wrote a liquidation's key for a skip too: dropped, so it cannot block.
+    assert not redis_client.exists(keys.idempotency(alice, "liquidation:alice:cross:3"))
 
 
 def test_output_streams_are_split_keeping_their_ids(

@@ -19,7 +19,13 @@ from marginwatch.executor.liquidation import execute_liquidation
 from marginwatch.executor.margin_calls import execute_margin_calls, execute_resolution
 from marginwatch.producer.publisher import Publisher
 from marginwatch.state.accounts import store_accounts
-from marginwatch.worker.evaluation import evaluate_partition, finish_evaluation, select_candidates
+from marginwatch.worker.evaluation import (
+    evaluate_partition,
+    finish_evaluation,
+    reconfirm_settled_liquidations,
+    record_due,
+    select_candidates,
+)
 from marginwatch.worker.partition import PartitionBook
 
 D = Decimal
@@ -134,6 +140,7 @@ def evaluate_at(
     Publisher(client).publish([Tick("BTCUSDT", D(price), next(EVENT_TIMES))])
     outcome = evaluate_partition(book, client, SETTINGS)
     if sent:
+        record_due(client, book, outcome)
         finish_evaluation(client, book, outcome)
     return outcome.actions
 
@@ -237,3 +244,18 @@ def test_a_sent_liquidation_is_due_until_executed(
     assert since > 1_700_000_000_000
     assert execute(redis_client, actions) == ["sent", "liquidated"]
     assert redis_client.zcard(due) == 0
+
+
+def test_a_skipped_liquidation_is_sent_again_while_the_pool_stays_bankrupt(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """Sent at 48,700; the mark bounced to 49,500 when the executor re-checked (rescued, the
+    liquidation no longer due); back at 48,700 the worker sends it again."""
+    sent = evaluate_at(redis_client, book, "48700")
+    assert [a.kind for a in sent] == [MARGIN_CALL, LIQUIDATION]
+    Publisher(redis_client).publish([Tick("BTCUSDT", D(49500), next(EVENT_TIMES))])
+    assert execute(redis_client, [a for a in sent if a.kind is LIQUIDATION]) == ["skipped"]
+    assert evaluate_at(redis_client, book, "48700") == []  # remembered as sent
+    assert reconfirm_settled_liquidations(redis_client, book) == 1
+    assert [a.kind for a in evaluate_at(redis_client, book, "48700")] == [LIQUIDATION]
+    assert reconfirm_settled_liquidations(redis_client, book) == 0  # due again: left alone

@@ -241,14 +241,18 @@ def run_applier(
 
 
 def _keep(client: redis.Redis, partition: int, lease: Lease) -> bool:
-    """Keep (or take) the partition's lease; a newly taken one claims the pending entries."""
-    was_held = lease.held
+    """Keep (or take) the partition's lease; a newly taken one claims the pending entries. At
+    each renewal, entries idle for longer than the lease are claimed too: a holder that lost
+    its lease without knowing may have taken some after the takeover (its writes fail)."""
+    was_held, renewed_at = lease.held, lease.renewed_at
     if not lease.keep():
         return False
     if not was_held:
         claimed = reclaim_pending(client, partition, lease.owner)
         log.info("account events: %s applies partition %d (lease %d; %d pending claimed)",
                  lease.owner, partition, lease.token, claimed)  # fmt: skip
+    elif lease.renewed_at != renewed_at:
+        reclaim_pending(client, partition, lease.owner, min_idle_ms=lease.ttl_ms)
     return True
 
 

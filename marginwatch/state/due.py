@@ -45,6 +45,12 @@ def overdue(client: redis.Redis, partition: int, sent_before_ms: int) -> list[tu
     return [split_pool_member(member.decode()) for member in members]
 
 
+def due_pools(client: redis.Redis, partition: int) -> list[tuple[str, str]]:
+    """(account id, pool) of every liquidation of the partition that is due now."""
+    members: list[bytes] = client.zrange(keys.due_liquidations(partition), 0, -1)  # type: ignore[assignment]
+    return [split_pool_member(member.decode()) for member in members]
+
+
 def oldest_due_ms(client: redis.Redis, partition: int) -> int | None:
     """When the partition's oldest due liquidation was first sent (ms), if any."""
     oldest: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]

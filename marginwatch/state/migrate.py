@@ -103,9 +103,15 @@ def _scan(client: redis.Redis, pattern: str) -> Iterator[str]:
 
 
 def _rename(client: redis.Redis, source: str, target: str, report: MigrationReport) -> bool:
-    """``RENAMENX`` (the TTL moves with the key); a target that exists is a conflict."""
-    if client.renamenx(source, target):
-        return True
+    """``RENAMENX`` (the TTL moves with the key); a target that exists is a conflict, a source
+    already gone (SCAN may return a key twice) nothing."""
+    try:
+        if client.renamenx(source, target):
+            return True
+    except redis.ResponseError as error:
+        if "no such key" in str(error).lower():
+            return False
+        raise
     report.conflicts.append(source)
     return False
 
@@ -269,11 +275,32 @@ def _move_idempotency(
 ) -> None:
     for key in _scan(client, keys.LEGACY_IDEMPOTENCY_PREFIX + "*"):
         name = key.removeprefix(keys.LEGACY_IDEMPOTENCY_PREFIX)
+        if _left_by_a_skip(client, name, partitions):
+            client.delete(key)
+            report.count("liquidation keys left by skips (dropped)")
+            continue
         homes = _homes_of(name, partitions, owners)
         if homes is None:
             report.conflicts.append(key)
             continue
         _copy_to(client, key, [keys.idempotency(p, name) for p in homes], report)
+
+
+def _left_by_a_skip(client: redis.Redis, name: str, partitions: int) -> bool:
+    """A legacy liquidation key at the account's current version: the layout before wrote it
+    for skips too (a liquidation raises the version past it); kept, it would block the pool's
+    next liquidation at that version."""
+    kind, _, rest = name.partition(":")
+    pool_part, _, version = rest.rpartition(":")
+    parts = split_pool(pool_part) if kind == "liquidation" else None
+    if parts is None or not version.isdigit():
+        return False
+    account_id = parts[0]
+    partition = partition_of(account_id, partitions)
+    current = client.hget(keys.account(partition, account_id), "version")
+    if current is None:  # not moved yet: the legacy key
+        current = client.hget(keys.LEGACY_ACCOUNT_PREFIX + account_id, "version")
+    return current is not None and int(current) <= int(version)
 
 
 def _homes_of(name: str, partitions: int, owners: dict[str, str]) -> list[int] | None:
@@ -282,6 +309,8 @@ def _homes_of(name: str, partitions: int, owners: dict[str, str]) -> list[int] |
     if kind == "liquidation":
         parts = split_pool(rest.rpartition(":")[0])
         return None if parts is None else [partition_of(parts[0], partitions)]
+    if kind == "liquidation-skip":
+        return None
     if kind == "event":
         owner = owners.get(rest)
         return [partition_of(owner, partitions)] if owner else list(range(partitions))

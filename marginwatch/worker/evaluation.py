@@ -32,8 +32,8 @@ from marginwatch.base.ticks import Tick
 from marginwatch.engine import batch
 from marginwatch.engine.exact import PoolReport, evaluate_account
 from marginwatch.engine.types import Account, Status
-from marginwatch.state.due import queue_due
-from marginwatch.worker.partition import PartitionBook
+from marginwatch.state.due import due_pools, queue_due
+from marginwatch.worker.partition import UNKNOWN_STATUS, PartitionBook
 
 MARGIN_CALL_CODE = Status.MARGIN_CALL.severity
 LIQUIDATION_CODE = Status.LIQUIDATION.severity
@@ -82,7 +82,8 @@ def evaluate_partition(
     book: PartitionBook, client: redis.Redis, settings: Settings
 ) -> EvaluationOutcome:
     """Refresh the partition, screen it, confirm candidates; the outcome lists the due
-    actions. The caller sends them, then calls ``finish_evaluation``."""
+    actions. The caller records them (``record_due``), sends them, then calls
+    ``finish_evaluation``."""
     started, started_at = time.perf_counter(), time.time()
     ticks = book.ticks.read(client)
     refreshed = book.refresh(client)
@@ -181,6 +182,34 @@ def triggering_tick(account: Account, pool_name: str, ticks: Mapping[str, Tick])
     return max((ticks[s] for s in symbols), key=lambda tick: tick.sequence, default=None)
 
 
+def record_due(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:
+    """Before its actions are sent: the liquidations about to be sent are due (so that an
+    executor's removal always comes after, and a send that fails leaves them due, to be sent
+    again)."""
+    liquidations = [a for a in outcome.actions if a.kind is ActionKind.LIQUIDATION]
+    if liquidations:
+        pipe = client.pipeline(transaction=True)
+        queue_due(pipe, book.partition, [(a.account_id, a.pool) for a in liquidations],
+                  int(outcome.started_at * 1000))  # fmt: skip
+        pipe.execute()
+
+
+def reconfirm_settled_liquidations(client: redis.Redis, book: PartitionBook) -> int:
+    """Pools the book remembers as sent to liquidation whose liquidation is no longer due (an
+    executor carried it out, or skipped it: rescued, gone) are confirmed again by the next
+    evaluation, so one that is (still, or again) at liquidation is sent again; how many."""
+    remembered = np.flatnonzero(book.confirmed_status == LIQUIDATION_CODE)
+    if remembered.size == 0:
+        return 0
+    codes = [
+        book.pool_code(account_id, pool) for account_id, pool in due_pools(client, book.partition)
+    ]
+    due = np.array([code for code in codes if code is not None], dtype=np.int64)
+    settled = remembered[~np.isin(book.pool_codes[remembered], due)]
+    book.confirmed_status[settled] = UNKNOWN_STATUS
+    return int(settled.size)
+
+
 def finish_evaluation(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:
     """After the outcome's actions are sent: remember the decisions, record progress, time
     the whole evaluation."""
@@ -197,17 +226,14 @@ def apply_decisions(book: PartitionBook, decisions: list[Decision]) -> None:
 
 
 def write_progress(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:
-    """The newest tick sequence this evaluation read, the liquidations it sent (now due) and,
-    at most once per ``RISKIEST_INTERVAL_SECONDS``, the partition's riskiest pools (for
-    ``status`` and the demo view), in one transaction (actions are already sent)."""
+    """The newest tick sequence this evaluation read and, at most once per
+    ``RISKIEST_INTERVAL_SECONDS``, the partition's riskiest pools (for ``status`` and the demo
+    view), in one transaction (actions are already sent)."""
     pipe = client.pipeline(transaction=True)
     now = time.monotonic()
     if now - book.riskiest_written_at >= RISKIEST_INTERVAL_SECONDS:
         book.riskiest_written_at = now
         write_riskiest(pipe, book)
-    liquidations = [a for a in outcome.actions if a.kind is ActionKind.LIQUIDATION]
-    queue_due(pipe, book.partition, [(a.account_id, a.pool) for a in liquidations],
-              int(outcome.started_at * 1000))  # fmt: skip
     newest = outcome.newest_tick
     pipe.set(keys.partition_evaluated(book.partition), newest.sequence if newest else 0)
     pipe.execute()

@@ -83,10 +83,11 @@ class PartitionBook:
         newest: list[Any] = client.xrevrange(  # type: ignore[assignment]
             keys.partition_changes(self.partition), count=1
         )
-        self.last_change_id = newest[0][0].decode() if newest else "0"
+        last_change_id = newest[0][0].decode() if newest else "0"
         ids = partition_account_ids(client, self.partition)
         self.replace(read_accounts(client, self.partition, ids, self.bad))
         self.restore_episodes(open_episodes(client, self.partition))
+        self.last_change_id = last_change_id  # only once all of it was read
 
     def restore_episodes(self, members: Iterable[tuple[str, str]]) -> None:
         """Mark the pools of ``members`` (account id, pool) as in an episode."""
@@ -117,15 +118,17 @@ class PartitionBook:
             self.load(client)
             return len(self.accounts)
         changed: set[str] = set()
+        last_change_id = self.last_change_id
         for entry_id, account_id, version in iterate_changes(
-            client, self.partition, self.last_change_id
+            client, self.partition, last_change_id
         ):
-            self.last_change_id = entry_id
+            last_change_id = entry_id
             held = self.accounts.get(account_id)
             if held is None or held.version < version:
                 changed.add(account_id)
         if changed:
             self.replace(read_accounts(client, self.partition, sorted(changed), self.bad))
+        self.last_change_id = last_change_id  # only once the changed accounts were read
         return len(changed)
 
     def replace(self, updated: Mapping[str, StoredAccount]) -> None:

@@ -25,7 +25,13 @@ from marginwatch.runtime.process import Runtime
 from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.due import oldest_due_ms, overdue
 from marginwatch.worker import instrumentation
-from marginwatch.worker.evaluation import EvaluationOutcome, evaluate_partition, finish_evaluation
+from marginwatch.worker.evaluation import (
+    EvaluationOutcome,
+    evaluate_partition,
+    finish_evaluation,
+    reconfirm_settled_liquidations,
+    record_due,
+)
 from marginwatch.worker.partition import PartitionBook
 
 log = logging.getLogger("marginwatch.worker")
@@ -73,6 +79,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
         metrics.set_pending([partition], pending=False)
         book = runtime.book(partition)
         outcome = evaluate_partition(book, runtime.client, settings)
+        record_due(runtime.client, book, outcome)
         send_actions(runtime.app, partition, outcome.actions)
         if outcome.actions:
             crash.at("worker:after-send")
@@ -84,6 +91,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
         with counting_redis_errors(metrics.redis_errors):
             oldest = oldest_due_ms(runtime.client, partition)
             resend_overdue(runtime, book, outcome.started_at)
+            reconfirm_settled_liquidations(runtime.client, book)
         instrumentation.observe_due(metrics, partition, oldest, outcome.started_at)
     if runtime.liquidation_map_due.due(partition):
         instrumentation.refresh_liquidation_map(metrics, book, outcome.marks, settings.venue)
