@@ -376,3 +376,15 @@ def test_a_fill_that_closes_a_pool_ends_its_episode(redis_client: redis.Redis) -
     assert not redis_client.exists(keys.episode(HOME, "a1", "isolated:BTCUSDT:BOTH"))
     assert redis_client.exists(keys.episode(HOME, "a1", "cross"))
     assert redis_client.smembers(keys.partition_episodes(HOME)) == {b"a1|cross"}
+
+
+def test_an_owner_that_lost_track_of_its_lease_takes_it_again(redis_client: redis.Redis) -> None:
+    """Its lease is still in Redis (a release failed): the same owner takes it again with a new
+    token, at once; another owner still cannot."""
+    first = partition_lease(redis_client, HOME, "executor-h-1", 10_000)
+    assert first.keep()
+    again = partition_lease(redis_client, HOME, "executor-h-1", 10_000)
+    assert again.keep()
+    assert again.token == first.token + 1
+    assert not partition_lease(redis_client, HOME, "executor-h-11", 10_000).keep()
+    assert redis_client.get(keys.applier_lease(HOME)) == again.value  # first's writes are fenced

@@ -22,6 +22,7 @@ from marginwatch.state.accounts import store_accounts
 from marginwatch.worker.evaluation import (
     evaluate_partition,
     finish_evaluation,
+    reconcile_episodes,
     reconfirm_settled_liquidations,
     record_due,
     select_candidates,
@@ -259,3 +260,19 @@ def test_a_skipped_liquidation_is_sent_again_while_the_pool_stays_bankrupt(
     assert reconfirm_settled_liquidations(redis_client, book) == 1
     assert [a.kind for a in evaluate_at(redis_client, book, "48700")] == [LIQUIDATION]
     assert reconfirm_settled_liquidations(redis_client, book) == 0  # due again: left alone
+
+
+def test_a_margin_call_the_executor_declined_is_sent_again(
+    redis_client: redis.Redis, book: PartitionBook
+) -> None:
+    """Sent at 48,950; the executor saw 49,500 (not confirmed, no episode in Redis); the
+    worker, which remembered an episode, takes the flag from Redis and calls the next dip."""
+    sent = evaluate_at(redis_client, book, "48950")
+    Publisher(redis_client).publish([Tick("BTCUSDT", D(49500), next(EVENT_TIMES))])
+    assert execute(redis_client, sent) == ["not_confirmed"]
+    assert evaluate_at(redis_client, book, "48950") == []  # believes it is in an episode
+    assert reconcile_episodes(redis_client, book) == 1
+    again = evaluate_at(redis_client, book, "48950")
+    assert [a.kind for a in again] == [MARGIN_CALL]
+    assert execute(redis_client, again) == ["sent"]
+    assert reconcile_episodes(redis_client, book) == 0

@@ -93,7 +93,11 @@ def liquidate(
     """Liquidate the pool if the exact path still says so; the outcome in full."""
     done, skipped = liquidation_key(action), skip_key(action)
     ledger = keys.insurance_fund(action.partition)
-    marks = {symbol: tick.mark_price for symbol, tick in read_ticks(client, bad).items()}
+    marks: dict[str, Decimal] = {}
+
+    def read_marks() -> None:  # before each attempt: a retry decides on the newest marks
+        marks.clear()
+        marks.update((symbol, t.mark_price) for symbol, t in read_ticks(client, bad).items())
 
     def mutate(
         current: StoredAccount | None, pipe: Pipeline, watched: dict[str, bytes | None]
@@ -110,7 +114,7 @@ def liquidate(
         return outcome
 
     return update_account_watching(
-        client, action.account_id, settings.partitions, [done, skipped, ledger], mutate
+        client, action.account_id, settings.partitions, [done, skipped, ledger], mutate, read_marks
     )
 
 

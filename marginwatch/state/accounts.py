@@ -185,12 +185,16 @@ def update_account_watching(
     partitions: int,
     other_keys: Sequence[str],
     mutate: WatchingMutation[T],
+    before_attempt: Callable[[], None] | None = None,
 ) -> T:
     """``update_account``, also watching ``other_keys`` (keys of the account's partition) and
-    passing their values to ``mutate``."""
+    passing their values to ``mutate``; ``before_attempt`` runs before each attempt (to read
+    again what ``mutate`` decides on, e.g. the newest marks)."""
     key = account_key(account_id, partitions)
     with client.pipeline(transaction=True) as pipe:
         while True:
+            if before_attempt is not None:
+                before_attempt()
             try:
                 pipe.watch(key, *other_keys)  # type: ignore[no-untyped-call]
                 version, state = pipe.hmget(key, ["version", "state"])

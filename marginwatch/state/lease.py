@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 
 import redis
 
-# KEYS = lease, fence; ARGV = owner, TTL ms. Returns the new lease value, or nil when held.
+# KEYS = lease, fence; ARGV = owner, TTL ms. Returns the new lease value, or nil when another
+# owner holds it (the same owner, which lost track of it, takes it again with a new token).
 _ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, -string.len(ARGV[1]) - 1) ~= ':' .. ARGV[1] then return false end
 local token = redis.call('INCR', KEYS[2]) .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token

@@ -33,6 +33,7 @@ from marginwatch.engine import batch
 from marginwatch.engine.exact import PoolReport, evaluate_account
 from marginwatch.engine.types import Account, Status
 from marginwatch.state.due import due_pools, queue_due
+from marginwatch.state.episodes import open_episodes
 from marginwatch.worker.partition import UNKNOWN_STATUS, PartitionBook
 
 MARGIN_CALL_CODE = Status.MARGIN_CALL.severity
@@ -208,6 +209,20 @@ def reconfirm_settled_liquidations(client: redis.Redis, book: PartitionBook) -> 
     settled = remembered[~np.isin(book.pool_codes[remembered], due)]
     book.confirmed_status[settled] = UNKNOWN_STATUS
     return int(settled.size)
+
+
+def reconcile_episodes(client: redis.Redis, book: PartitionBook) -> int:
+    """Take each pool's episode flag from Redis (the partition's set of open episodes) where
+    the book's differs: the executor declined a margin call or a resolution, or a pool closed
+    and reopened between two refreshes. Such a pool is confirmed again by the next evaluation
+    (a margin call that is only in flight is sent a second time: the executor answers
+    ``duplicate``); how many."""
+    codes = [book.pool_code(a, pool) for a, pool in open_episodes(client, book.partition)]
+    in_redis = np.isin(book.pool_codes, np.array([c for c in codes if c is not None], np.int64))
+    differ = np.flatnonzero(in_redis != book.in_episode)
+    book.in_episode[differ] = in_redis[differ]
+    book.confirmed_status[differ] = UNKNOWN_STATUS
+    return int(differ.size)
 
 
 def finish_evaluation(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:

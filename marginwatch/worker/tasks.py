@@ -29,6 +29,7 @@ from marginwatch.worker.evaluation import (
     EvaluationOutcome,
     evaluate_partition,
     finish_evaluation,
+    reconcile_episodes,
     reconfirm_settled_liquidations,
     record_due,
 )
@@ -92,6 +93,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
             oldest = oldest_due_ms(runtime.client, partition)
             resend_overdue(runtime, book, outcome.started_at)
             reconfirm_settled_liquidations(runtime.client, book)
+            reconcile_episodes(runtime.client, book)
         instrumentation.observe_due(metrics, partition, oldest, outcome.started_at)
     if runtime.liquidation_map_due.due(partition):
         instrumentation.refresh_liquidation_map(metrics, book, outcome.marks, settings.venue)
