@@ -23,6 +23,7 @@ from marginwatch.base.settings import Settings
 from marginwatch.base.ticks import Tick
 from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import Account, MarginMode, Position
+from marginwatch.executor import margin_calls
 from marginwatch.executor.liquidation import execute_liquidation
 from marginwatch.executor.margin_calls import execute_margin_calls, execute_resolution
 from marginwatch.executor.webhooks import SIGNATURE_HEADER, WebhookDeliveryError, deliver, verify
@@ -233,3 +234,18 @@ def test_the_webhook_document_follows_its_schema(stored: redis.Redis) -> None:
     assert [call["event_id"], resolved["event_id"]] == ids  # type: ignore[index]
     assert (call["kind"], resolved["kind"]) == ("margin_call", "resolved")  # type: ignore[index]
     assert call["margin_ratio"] == "0.91069767"  # type: ignore[index]  # 195.8 / 215, cut
+
+
+def test_an_episode_does_not_open_on_an_account_changed_since_it_was_read(
+    stored: redis.Redis,
+) -> None:
+    """The start script refuses when the account's version is not the one read (a liquidation
+    or fill in between may have closed the pool and ended its episode)."""
+    episode, stream, episodes = (keys.episode(0, "E", "cross"), keys.margin_call_events(0),
+                                 keys.partition_episodes(0))  # fmt: skip
+    args = (episode, stream, episodes, keys.account(0, "E"), 7, 60, 1000, "E|cross")
+    assert stored.eval(margin_calls._START_EPISODE, 4, *args, 2, "kind", "margin_call") == -1
+    assert not stored.exists(episode)
+    assert stored.xlen(stream) == 0
+    assert stored.eval(margin_calls._START_EPISODE, 4, *args, 1, "kind", "margin_call")
+    assert stored.sismember(episodes, "E|cross")

@@ -111,13 +111,27 @@ def execute_margin_calls(
     }  # fmt: skip
     pipe = client.pipeline(transaction=False)
     for i in confirmed:
-        pipe.eval(_START_EPISODE, 3, *_episode_keys(batch[i]), batch[i].tick_sequence,
-                  EPISODE_TTL_SECONDS, EVENTS_MAXLEN,
-                  pool_member(batch[i].account_id, batch[i].pool), *_flat(fields[i]))  # fmt: skip
+        action = batch[i]
+        read_at = accounts[(action.partition, action.account_id)].version
+        account = keys.account(action.partition, action.account_id)
+        pipe.eval(_START_EPISODE, 4, *_episode_keys(action), account, action.tick_sequence,
+                  EPISODE_TTL_SECONDS, EVENTS_MAXLEN, pool_member(action.account_id, action.pool),
+                  read_at, *_flat(fields[i]))  # fmt: skip
     for i, entry_id in zip(confirmed, pipe.execute(), strict=True):
-        document = webhook_document(batch[i], fields[i], entry_id) if entry_id else None
-        results[i] = ("sent", document) if document else ("duplicate", None)
+        results[i] = _started(batch[i], fields[i], entry_id)
     return results
+
+
+def _started(
+    action: Action, fields: dict[str, str | int], entry_id: bytes | int
+) -> tuple[str, dict[str, Any] | None]:
+    """The outcome of an episode script: sent (with the webhook document), duplicate (an
+    episode is open already), or not_confirmed (the account changed since it was read)."""
+    if entry_id == -1:
+        return "not_confirmed", None
+    if not entry_id or isinstance(entry_id, int):
+        return "duplicate", None
+    return "sent", webhook_document(action, fields, entry_id)
 
 
 def webhook_document(
@@ -219,13 +233,16 @@ def _episode_keys(action: Action) -> tuple[str, str, str]:
             keys.margin_call_events(partition), keys.partition_episodes(partition))  # fmt: skip
 
 
-# KEYS: episode key, event stream, the partition's open episodes.
-# ARGV (start): tick sequence, TTL seconds, stream max length, member, field, value, ...
-# Each returns the event's stream entry id, or 0 when it wrote nothing.
+# KEYS: episode key, event stream, the partition's open episodes (start: and the account).
+# ARGV (start): tick sequence, TTL seconds, stream max length, member, account version read,
+# field, value, ... Each returns the event's stream entry id, or 0 when it wrote nothing;
+# start returns -1 when the account changed since it was read (a liquidation or a fill may
+# have closed the pool and ended its episode: it must not open again).
 _START_EPISODE = """
+if redis.call('HGET', KEYS[4], 'version') ~= ARGV[5] then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 redis.call('SADD', KEYS[3], ARGV[4])
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 6))
 """
 # ARGV (end): stream max length, member, field, value, ... (the member leaves the set even
 # when the key is gone already: expired, or ended by a liquidation)
