@@ -249,3 +249,12 @@ def test_an_episode_does_not_open_on_an_account_changed_since_it_was_read(
     assert stored.xlen(stream) == 0
     assert stored.eval(margin_calls._START_EPISODE, 4, *args, 1, "kind", "margin_call")
     assert stored.sismember(episodes, "E|cross")
+
+
+def test_no_margin_call_for_a_pool_liquidated_meanwhile(stored: redis.Redis) -> None:
+    """The liquidation ran first (another executor): the late margin call finds no open pool."""
+    stored.set(keys.insurance_fund(0), "1000")
+    mark(stored, "48700", 1)
+    assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "liquidated"
+    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL]) == [("gone", None)]
+    assert stored.xlen(keys.margin_call_events(0)) == 0

@@ -179,12 +179,12 @@ def _pool_at(
     settings: Settings,
 ) -> tuple[AccountReport, PoolReport, list[PositionReport]] | None:
     """The pool's exact figures at ``marks``; ``None`` if the account, a mark or the pool is
-    missing."""
+    missing (a pool without a position, e.g. liquidated meanwhile, is missing)."""
     if stored is None or any(p.symbol not in marks for p in stored.account.positions):
         return None
     report = evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue)
     found = pool_of(report, pool)
-    return None if found is None else (report, found[0], found[1])
+    return None if found is None or not found[1] else (report, found[0], found[1])
 
 
 def execute_resolution(
