@@ -42,7 +42,11 @@ from marginwatch.cli.embedded_redis import RedisServer, free_port
 from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import STATUS_ORDER, Account, MarginMode, Position
 from marginwatch.executor import tasks as executor_tasks
-from marginwatch.executor.instrumentation import insurance_fund_reader, observe_applied
+from marginwatch.executor.instrumentation import (
+    count_task_signal,
+    insurance_fund_reader,
+    observe_applied,
+)
 from marginwatch.executor.tasks import (
     ExecutorRuntime,
     parse_actions,
@@ -55,12 +59,13 @@ from marginwatch.producer.replay import replay_source
 from marginwatch.producer.run import ProducerStats, run_producer
 from marginwatch.producer.validation import TickValidator
 from marginwatch.runtime.celery_app import (
-    TASK_DELIVER_WEBHOOK,
     TASK_LIQUIDATE,
     TASK_MARGIN_CALLS,
     actions_queue,
     make_celery,
+    send_webhook,
 )
+from marginwatch.runtime.observe import REDIS_ERRORS
 from marginwatch.state.accounts import store_accounts
 from marginwatch.state.applier import run_applier
 from marginwatch.worker import tasks as worker_tasks
@@ -416,42 +421,66 @@ class Receiver(BaseHTTPRequestHandler):
         """Quiet."""
 
 
-def test_webhook_tasks_count_deliveries_retries_and_failures(executor: ExecutorRuntime) -> None:
-    """Delivered once; a dead receiver: two retries (3 attempts), then one failure."""
-    registry = CollectorRegistry()
-    executor.metrics = ExecutorMetrics(registry)
+def test_a_webhook_executor_counts_deliveries_retries_and_failures(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """A real ``marginwatch executor --queues webhooks``: one delivery accepted; one to a dead
+    receiver retried twice (3 attempts), then failed; its /metrics says so."""
     server = HTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    task = executor.app.tasks[TASK_DELIVER_WEBHOOK]
+    port = free_port()
+    env = {**os.environ, "MARGINWATCH_REDIS_URL": redis_server.url,
+           "MARGINWATCH_PARTITIONS": "1", "MARGINWATCH_WEBHOOK_MAX_ATTEMPTS": "3",
+           "MARGINWATCH_METRICS_PORT": str(port)}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "marginwatch", "executor", "--queues", "webhooks", "--loglevel",
+         "WARNING"], env=env, stdout=(tmp_path / "executor.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    app = make_celery(Settings(redis_url=redis_server.url, partitions=1), redis_server.url)
     try:
-        task.apply(args=[f"http://127.0.0.1:{server.server_address[1]}/hook", "{}"])
+        send_webhook(app, f"http://127.0.0.1:{server.server_address[1]}/hook", "{}")
+        send_webhook(app, f"http://127.0.0.1:{free_port()}/hook", "{}")
+        deliveries = 'marginwatch_webhook_deliveries_total{result="%s"}'
+        expected = {"delivered": 1.0, "retried": 2.0, "failed": 1.0}
+
+        def counted() -> dict[str, float]:
+            found = scraped(port)
+            return {result: found.get(deliveries % result, 0.0) for result in expected}
+
+        wait_for(lambda: counted() == expected, lambda: f"deliveries {counted()}", timeout=60)
     finally:
+        app.close()
         server.shutdown()
         server.server_close()
-    task.apply(args=[f"http://127.0.0.1:{free_port()}/hook", "{}"])
-    deliveries = "marginwatch_webhook_deliveries_total"
-    assert sample(registry, deliveries, result="delivered") == 1
-    assert sample(registry, deliveries, result="retried") == 2
-    assert sample(registry, deliveries, result="failed") == 1
+        process.terminate()
+        process.wait(timeout=30)
 
 
-def test_action_task_on_a_dead_redis_counts_retries_failure_and_redis_errors(
+def test_action_tasks_retry_redis_errors_and_their_signals_are_counted(
     executor: ExecutorRuntime,
 ) -> None:
-    """Five retries then a failure, six Redis errors: each counted once, for a liquidation and
-    for a batch of margin calls."""
+    """Every action task retries a Redis connection error (5 times, with backoff); a retry or
+    a final failure of any of them counts under its action; a liquidation on a dead Redis
+    counts one Redis error per attempt."""
+    for name in (TASK_LIQUIDATE, TASK_MARGIN_CALLS):
+        task = executor.app.tasks[name]
+        assert (task.autoretry_for, task.max_retries) == (REDIS_ERRORS, 5)
     registry = CollectorRegistry()
     executor.metrics = ExecutorMetrics(registry)
-    no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
-    executor.client = redis.Redis(port=free_port(), retry=no_retry)
-    executor.app.tasks[TASK_LIQUIDATE].apply(args=[action("E", LIQUIDATE).to_message()])
+    for _attempt in range(5):
+        count_task_signal(executor.metrics, TASK_LIQUIDATE, "retry")
+    count_task_signal(executor.metrics, TASK_LIQUIDATE, "failure")
+    count_task_signal(executor.metrics, TASK_MARGIN_CALLS, "retry")
     assert sample(registry, "marginwatch_action_retries_total", action="liquidate") == 5
     assert sample(registry, "marginwatch_action_failures_total", action="liquidate") == 1
+    assert sample(registry, "marginwatch_action_retries_total", action="margin_call") == 1
     assert sample(registry, "marginwatch_action_failures_total", action="margin_call") == 0
-    assert sample(registry, "marginwatch_redis_errors_total", component="executor") == 6
-    executor.app.tasks[TASK_MARGIN_CALLS].apply(args=[[action("E", CALL).to_message()]])
-    assert sample(registry, "marginwatch_action_retries_total", action="margin_call") == 5
-    assert sample(registry, "marginwatch_action_failures_total", action="margin_call") == 1
+    no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+    executor.client = redis.Redis(port=free_port(), retry=no_retry)
+    with pytest.raises(redis.ConnectionError):
+        run_liquidation(executor, action("E", LIQUIDATE))
+    assert sample(registry, "marginwatch_redis_errors_total", component="executor") == 1
 
 
 def test_producer_stats_move_the_producer_metrics(
