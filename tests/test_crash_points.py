@@ -4,9 +4,11 @@ leave behind is recovered by their restart, with nothing lost or done twice."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -108,3 +110,70 @@ def test_a_worker_killed_between_its_pending_flags_and_its_tasks_is_not_blind(
     ttl = redis_client.ttl(keys.partition_pending(0))
     wait_for(lambda: redis_client.get(keys.partition_evaluated(0)), "an evaluation",
              timeout=max(1, ttl - 1))  # fmt: skip
+
+
+def test_kill_9_at_bad_moments_keeps_every_action_exactly_once(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """60 accounts through two margin-call episodes, a resolution and a liquidation, in held
+    price steps. The worker is SIGKILLed right after the tick that calls them; the executor
+    is SIGKILLed with resolutions in flight, and again with liquidations in flight. Each
+    account ends with exactly two margin calls, one resolution and one liquidation, and the
+    fund paid each deficit once."""
+    names = [f"k{n}" for n in range(60)]
+    position = Position("BTCUSDT", D(1), D(50_000), 20, MarginMode.CROSS)
+    store_accounts(redis_client, [Account(n, D(1265), (position,)) for n in names], 1)
+    credit_ledger(redis_client, 0, D(1_000_000))
+    deployment = Deployment(redis_server, tmp_path)
+    try:
+        run_the_steps(deployment, redis_client, len(names))
+    finally:
+        deployment.stop_all()
+    kinds = Counter(
+        (fields[b"account_id"].decode(), fields[b"kind"].decode())
+        for _id, fields in redis_client.xrange(keys.margin_call_events(0))
+    )
+    assert kinds == Counter(
+        {(n, "margin_call"): 2 for n in names} | {(n, "resolved"): 1 for n in names}
+    )
+    entries = redis_client.xrange(keys.liquidations(0))
+    liquidated = Counter(f[b"account_id"].decode() for _id, f in entries
+                         if f[b"kind"] == b"liquidation")  # fmt: skip
+    assert liquidated == Counter(names)
+    # 1,265 + 1 × (48,000 − 50,000): 735 of each deficit is the fund's, once.
+    assert read_ledgers(redis_client, [0]) == {0: D(1_000_000) - 60 * D(735)}
+
+
+def run_the_steps(deployment: Deployment, client: redis.Redis, accounts: int) -> None:
+    """The held price steps, each waited out until nothing is in flight."""
+
+    def count(kind: bytes, stream: str) -> int:
+        return sum(f[b"kind"] == kind for _id, f in client.xrange(stream))
+
+    def tick(price: int) -> None:
+        Publisher(client).publish([Tick("BTCUSDT", D(price), time.time_ns() // 1_000_000)])
+
+    tick(50_000)
+    executor = deployment.start("executor-1", "executor")
+    worker = deployment.start("worker-1", "worker", "--partitions", "0")
+    wait_for(lambda: client.get(keys.partition_evaluated(0)), "the first evaluation")
+    calls = keys.margin_call_events(0)
+    tick(48_950)  # every account in margin call: 195.8 / 215
+    os.kill(worker.pid, signal.SIGKILL)  # right after the tick: actions sent, or not
+    worker.wait(timeout=10)
+    deployment.start("worker-2", "worker", "--partitions", "0")
+    wait_for(lambda: count(b"margin_call", calls) >= accounts and drained(client), "the calls")
+    tick(49_500)  # recovered: 198 / 765, below the re-arm level
+    wait_for(lambda: count(b"resolved", calls) >= accounts // 4, "some resolutions")
+    os.kill(executor.pid, signal.SIGKILL)  # resolutions in flight
+    executor.wait(timeout=10)
+    executor = deployment.start("executor-2", "executor")
+    wait_for(lambda: count(b"resolved", calls) >= accounts and drained(client), "resolutions")
+    tick(48_000)  # bankrupt: a second episode's margin call, then the liquidation
+    liquidations = keys.liquidations(0)
+    wait_for(lambda: count(b"liquidation", liquidations) >= accounts // 4, "some liquidations")
+    os.kill(executor.pid, signal.SIGKILL)  # liquidations in flight
+    executor.wait(timeout=10)
+    deployment.start("executor-3", "executor")
+    wait_for(lambda: count(b"liquidation", liquidations) >= accounts and drained(client),
+             "every liquidation")  # fmt: skip
