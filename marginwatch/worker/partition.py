@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,7 @@ from marginwatch.state.prices import TickCache
 log = logging.getLogger("marginwatch.worker")
 
 UNKNOWN_STATUS = -1
+TRIM_CHECK_INTERVAL_SECONDS = 1.0
 SIDES = (PositionSide.BOTH, PositionSide.LONG, PositionSide.SHORT)
 
 PoolKey = tuple[str, str]  # (account id, pool name)
@@ -65,6 +67,7 @@ class PartitionBook:
     confirmed_status: npt.NDArray[np.int8] = field(init=False)
     in_episode: npt.NDArray[np.bool_] = field(init=False)
     riskiest_written_at: float = field(default=-math.inf, init=False)  # monotonic seconds
+    trim_checked_at: float = field(default=-math.inf, init=False)  # monotonic seconds
     bad: BadRecords = field(default_factory=BadRecords)
     ticks: TickCache = field(init=False)
 
@@ -111,8 +114,9 @@ class PartitionBook:
     def refresh(self, client: redis.Redis) -> int:
         """Read the accounts changed since the last refresh; lay out again if any is newer.
         If the change stream was trimmed past what this book read, every account is read again
-        (changes may have been missed)."""
-        if changes_trimmed_after(client, self.partition, self.last_change_id):
+        (changes may have been missed); that is looked at most once per
+        ``TRIM_CHECK_INTERVAL_SECONDS``, off the per-tick path."""
+        if self._trimmed_past_us(client):
             log.warning("partition %d: change stream trimmed past %s; reloading every account",
                         self.partition, self.last_change_id)  # fmt: skip
             self.load(client)
@@ -130,6 +134,13 @@ class PartitionBook:
             self.replace(read_accounts(client, self.partition, sorted(changed), self.bad))
         self.last_change_id = last_change_id  # only once the changed accounts were read
         return len(changed)
+
+    def _trimmed_past_us(self, client: redis.Redis) -> bool:
+        now = time.monotonic()
+        if now - self.trim_checked_at < TRIM_CHECK_INTERVAL_SECONDS:
+            return False
+        self.trim_checked_at = now
+        return changes_trimmed_after(client, self.partition, self.last_change_id)
 
     def replace(self, updated: Mapping[str, StoredAccount]) -> None:
         """Put these accounts' current state in place of what the book held for them."""
