@@ -164,7 +164,14 @@ def run_the_steps(deployment: Deployment, client: redis.Redis, accounts: int) ->
     deployment.start("worker-2", "worker", "--partitions", "0")
     wait_for(lambda: count(b"margin_call", calls) >= accounts and drained(client), "the calls")
     tick(49_500)  # recovered: 198 / 765, below the re-arm level
-    wait_for(lambda: count(b"resolved", calls) >= accounts // 4, "some resolutions")
+
+    def state() -> str:
+        episodes = client.scard(keys.partition_episodes(0))
+        return (f"calls {count(b'margin_call', calls)}, resolved {count(b'resolved', calls)}, "
+                f"liquidated {count(b'liquidation', keys.liquidations(0))}, open episodes "
+                f"{episodes}, drained {drained(client)}")  # fmt: skip
+
+    wait_for(lambda: count(b"resolved", calls) >= accounts // 4, lambda: f"some: {state()}")
     os.kill(executor.pid, signal.SIGKILL)  # resolutions in flight
     executor.wait(timeout=10)
     executor = deployment.start("executor-2", "executor")

@@ -9,7 +9,7 @@ import redis
 
 from marginwatch.base import keys
 from marginwatch.base.ticks import Tick
-from marginwatch.worker.dispatch import Dispatcher
+from marginwatch.worker.dispatch import QUIET_EVALUATION_SECONDS, Dispatcher
 from tests.polling import wait_for
 
 
@@ -85,3 +85,16 @@ def test_account_change_wakes_only_its_partition(redis_client: redis.Redis) -> N
     redis_client.xadd(keys.partition_changes(2), {"account": "x", "version": 2})
     assert dispatcher.dispatch_once(block_ms=None) == 1
     assert enqueued == [2]
+
+
+def test_a_quiet_market_still_evaluates_every_partition_each_second(
+    redis_client: redis.Redis,
+) -> None:
+    """No notice for a second: every partition is triggered all the same (its repairs run)."""
+    enqueued = Enqueued()
+    dispatcher = Dispatcher(redis_client, [0, 1], enqueued)
+    dispatcher.start_from_now()
+    assert dispatcher.dispatch_once(block_ms=None) == 0
+    dispatcher.all_triggered_at -= QUIET_EVALUATION_SECONDS  # a quiet second went by
+    assert dispatcher.dispatch_once(block_ms=None) == 2
+    assert sorted(enqueued) == [0, 1]

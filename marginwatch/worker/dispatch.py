@@ -14,7 +14,9 @@ The dispatcher blocks on the tick stream only (a change on a quiet market waits 
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +26,7 @@ from marginwatch.base import crash, keys
 
 PENDING_TTL_SECONDS = 10
 READ_BLOCK_MS = 250
+QUIET_EVALUATION_SECONDS = 1.0
 
 Enqueue = Callable[[int], None]
 OnPending = Callable[[Sequence[int]], None]
@@ -47,6 +50,7 @@ class Dispatcher:
         self.on_pending = on_pending
         self.last_ids: dict[str, str] = {}
         self.enqueued = 0
+        self.all_triggered_at = -math.inf  # monotonic seconds
 
     def start_from_now(self) -> None:
         """Skip what is already on the streams (the first evaluation reads the current state).
@@ -55,6 +59,7 @@ class Dispatcher:
         entries added between two reads of a quiet stream would be missed.
         """
         self.last_ids = {stream: self._newest_id(stream) for stream in self._streams()}
+        self.all_triggered_at = time.monotonic()
 
     def _newest_id(self, stream: str) -> str:
         newest: list[Any] = self.client.xrevrange(stream, count=1)  # type: ignore[assignment]
@@ -82,12 +87,20 @@ class Dispatcher:
         then trigger the partitions they concern. Each ``XREAD`` reads one stream (one hash
         slot); the change streams are read in one pipeline, without blocking."""
         touched: set[int] = set()
-        if self._read_new([keys.TICKS], block_ms)[0]:
+        ticked = self._read_new([keys.TICKS], block_ms)[0]
+        if ticked or self._quiet_for_a_while():
+            self.all_triggered_at = time.monotonic()
             touched.update(self.partitions)
         streams = [keys.partition_changes(p) for p in self.partitions]
         news = self._read_new(streams, None)
         touched.update(p for p, new in zip(self.partitions, news, strict=True) if new)
         return self.trigger(sorted(touched)) if touched else 0
+
+    def _quiet_for_a_while(self) -> bool:
+        """Every ``QUIET_EVALUATION_SECONDS`` without a tick, each partition is evaluated all
+        the same: its once-a-second repairs (actions sent again, episode flags taken from
+        Redis) must not wait for the market to move."""
+        return time.monotonic() - self.all_triggered_at >= QUIET_EVALUATION_SECONDS
 
     def _read_new(self, streams: Sequence[str], block_ms: int | None) -> list[bool]:
         """For each stream, whether it has entries after the last id read (which advances)."""

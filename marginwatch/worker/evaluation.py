@@ -214,12 +214,14 @@ def reconfirm_settled_liquidations(client: redis.Redis, book: PartitionBook) -> 
 def reconcile_episodes(client: redis.Redis, book: PartitionBook) -> int:
     """Take each pool's episode flag from Redis (the partition's set of open episodes) where
     the book's differs: the executor declined a margin call or a resolution, or a pool closed
-    and reopened between two refreshes. Such a pool is confirmed again by the next evaluation
-    (a margin call that is only in flight is sent a second time: the executor answers
-    ``duplicate``); how many."""
+    and reopened between two refreshes. Such a pool is confirmed again by the next evaluation.
+    Pools decided since the last call are left alone this time: their actions may still be on
+    their way to the executor. How many were changed."""
     codes = [book.pool_code(a, pool) for a, pool in open_episodes(client, book.partition)]
     in_redis = np.isin(book.pool_codes, np.array([c for c in codes if c is not None], np.int64))
-    differ = np.flatnonzero(in_redis != book.in_episode)
+    recent = np.isin(book.pool_codes, np.array(sorted(book.recently_decided), np.int64))
+    book.recently_decided.clear()
+    differ = np.flatnonzero((in_redis != book.in_episode) & ~recent)
     book.in_episode[differ] = in_redis[differ]
     book.confirmed_status[differ] = UNKNOWN_STATUS
     return int(differ.size)
@@ -238,6 +240,7 @@ def apply_decisions(book: PartitionBook, decisions: list[Decision]) -> None:
     for decision in decisions:
         book.confirmed_status[decision.pool] = decision.status_code
         book.in_episode[decision.pool] = decision.in_episode
+        book.recently_decided.add(int(book.pool_codes[decision.pool]))
 
 
 def write_progress(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:

@@ -68,6 +68,7 @@ class PartitionBook:
     in_episode: npt.NDArray[np.bool_] = field(init=False)
     riskiest_written_at: float = field(default=-math.inf, init=False)  # monotonic seconds
     trim_checked_at: float = field(default=-math.inf, init=False)  # monotonic seconds
+    recently_decided: set[int] = field(default_factory=set, init=False)  # pool codes
     bad: BadRecords = field(default_factory=BadRecords)
     ticks: TickCache = field(init=False)
 
