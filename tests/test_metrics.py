@@ -63,7 +63,6 @@ from marginwatch.runtime.celery_app import (
     TASK_MARGIN_CALLS,
     actions_queue,
     make_celery,
-    send_webhook,
 )
 from marginwatch.runtime.observe import REDIS_ERRORS
 from marginwatch.state.accounts import store_accounts
@@ -419,42 +418,6 @@ class Receiver(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         """Quiet."""
-
-
-def test_a_webhook_executor_counts_deliveries_retries_and_failures(
-    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
-) -> None:
-    """A real ``marginwatch executor --queues webhooks``: one delivery accepted; one to a dead
-    receiver retried twice (3 attempts), then failed; its /metrics says so."""
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = free_port()
-    env = {**os.environ, "MARGINWATCH_REDIS_URL": redis_server.url,
-           "MARGINWATCH_PARTITIONS": "1", "MARGINWATCH_WEBHOOK_MAX_ATTEMPTS": "3",
-           "MARGINWATCH_METRICS_PORT": str(port)}  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "marginwatch", "executor", "--queues", "webhooks", "--loglevel",
-         "WARNING"], env=env, stdout=(tmp_path / "executor.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    app = make_celery(Settings(redis_url=redis_server.url, partitions=1), redis_server.url)
-    try:
-        send_webhook(app, f"http://127.0.0.1:{server.server_address[1]}/hook", "{}")
-        send_webhook(app, f"http://127.0.0.1:{free_port()}/hook", "{}")
-        deliveries = 'marginwatch_webhook_deliveries_total{result="%s"}'
-        expected = {"delivered": 1.0, "retried": 2.0, "failed": 1.0}
-
-        def counted() -> dict[str, float]:
-            found = scraped(port)
-            return {result: found.get(deliveries % result, 0.0) for result in expected}
-
-        wait_for(lambda: counted() == expected, lambda: f"deliveries {counted()}", timeout=60)
-    finally:
-        app.close()
-        server.shutdown()
-        server.server_close()
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_action_tasks_retry_redis_errors_and_their_signals_are_counted(

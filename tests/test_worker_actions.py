@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import ClassVar
 
-import jsonschema
 import pytest
 import redis
 
@@ -26,7 +19,6 @@ from marginwatch.engine.types import Account, MarginMode, Position
 from marginwatch.executor import margin_calls
 from marginwatch.executor.liquidation import execute_liquidation
 from marginwatch.executor.margin_calls import execute_margin_calls, execute_resolution
-from marginwatch.executor.webhooks import SIGNATURE_HEADER, WebhookDeliveryError, deliver, verify
 from marginwatch.producer.publisher import Publisher
 from marginwatch.state.accounts import read_account, store_accounts
 
@@ -54,32 +46,31 @@ def mark(client: redis.Redis, price: str, event_time_ms: int) -> None:
 def test_margin_call_event_is_binance_shaped_and_sent_once(stored: redis.Redis) -> None:
     """At 48,950 (ratio 0.911): one MARGIN_CALL with cw and the position; then duplicate."""
     mark(stored, "48950", 1)
-    outcome, document = execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0]
-    assert outcome == "sent"
-    assert document is not None
-    event = document["event"]
+    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL]) == ["sent"]
+    [(_id, fields)] = stored.xrange(keys.margin_call_events(0))
+    event = json.loads(fields[b"event"])
     assert event["e"] == "MARGIN_CALL"
     assert event["cw"] == "1265"
     assert event["p"] == [{"s": "BTCUSDT", "ps": "BOTH", "pa": "1", "mt": "CROSSED", "iw": "0",
                            "mp": "48950", "up": "-1050", "mm": "195.8"}]  # fmt: skip
-    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0] == ("duplicate", None)
+    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL]) == ["duplicate"]
     assert stored.xlen(keys.margin_call_events(0)) == 1
 
 
 def test_margin_call_not_confirmed_after_recovery(stored: redis.Redis) -> None:
     """At 49,500 the exact ratio is 198 / 765 = 0.26: nothing is sent."""
     mark(stored, "49500", 1)
-    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0] == ("not_confirmed", None)
+    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL]) == ["not_confirmed"]
     assert stored.xlen(keys.margin_call_events(0)) == 0
 
 
 def test_resolution_ends_the_episode(stored: redis.Redis) -> None:
     """After a margin call, a ratio below 0.75 resolves it once."""
     mark(stored, "48950", 1)
-    execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0]
+    execute_margin_calls(stored, TABLES, SETTINGS, [CALL])
     mark(stored, "49500", 2)
-    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION)[0] == "sent"
-    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == ("duplicate", None)
+    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "sent"
+    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "duplicate"
     kinds = [fields[b"kind"] for _id, fields in stored.xrange(keys.margin_call_events(0))]
     assert kinds == [b"margin_call", b"resolved"]
 
@@ -89,7 +80,7 @@ def test_resolution_is_not_confirmed_above_the_rearm_level(stored: redis.Redis) 
     mark(stored, "48950", 1)
     execute_margin_calls(stored, TABLES, SETTINGS, [CALL])
     mark(stored, "48989.5", 2)
-    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == ("not_confirmed", None)
+    assert execute_resolution(stored, TABLES, SETTINGS, RESOLUTION) == "not_confirmed"
     assert stored.exists(keys.episode(0, "E", "cross"))
     assert [f[b"kind"] for _id, f in stored.xrange(keys.margin_call_events(0))] == [b"margin_call"]
 
@@ -155,100 +146,22 @@ def test_a_rescued_pool_that_goes_bankrupt_again_is_liquidated(stored: redis.Red
     assert after.account.positions == ()
 
 
-class Receiver(BaseHTTPRequestHandler):
-    """Accepts POSTs on /hook and keeps what it got; answers /moved with a redirect to /hook."""
-
-    received: ClassVar[list[tuple[bytes, str]]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        Receiver.received.append((body, self.headers[SIGNATURE_HEADER]))
-        if self.path == "/moved":
-            self.send_response(302)
-            self.send_header("Location", "/hook")
-        else:
-            self.send_response(204)
-        self.end_headers()
-
-    def do_GET(self) -> None:
-        Receiver.received.append((b"GET", ""))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        """Quiet."""
-
-
-@pytest.fixture
-def receiver() -> Iterator[str]:
-    """A local HTTP receiver on a free port; yields its base URL."""
-    Receiver.received.clear()
-    server = HTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
-
-def test_webhook_signature_covers_a_timestamp_and_the_body(receiver: str) -> None:
-    """t=…,v1=HMAC-SHA256(secret, "t." + body): the receiver verifies it; another body, an old
-    timestamp or another secret fail."""
-    body = json.dumps({"event_id": "p0:1-0"}).encode()
-    assert deliver(receiver + "/hook", body, "s3cret", 1_700_000_000) == 204
-    got, header = Receiver.received[-1]
-    assert got == body
-    expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
-    assert header == f"t=1700000000,v1={expected}"
-    assert verify("s3cret", body, header, now=1_700_000_100)
-    assert not verify("s3cret", body + b" ", header, now=1_700_000_100)
-    assert not verify("s3cret", body, header, now=1_700_000_000 + 301)  # a replay
-    assert not verify("other", body, header, now=1_700_000_100)
-
-
-def test_a_redirect_is_a_failed_delivery(receiver: str) -> None:
-    """302 is not followed (it would arrive as a GET without body): the task retries."""
-    with pytest.raises(WebhookDeliveryError, match="302"):
-        deliver(receiver + "/moved", b"{}", "s3cret", 1_700_000_000)
-    assert [got for got, _header in Receiver.received] == [b"{}"]
-
-
-def test_webhook_failure_raises_for_retry() -> None:
-    """A receiver that is not there raises, so the task retries with backoff."""
-    with pytest.raises(WebhookDeliveryError):
-        deliver("http://127.0.0.1:9/hook", b"{}", "s3cret", 1_700_000_000)
-
-
-def test_the_webhook_document_follows_its_schema(stored: redis.Redis) -> None:
-    """Margin call and resolution documents validate against docs/schemas/webhook.schema.json;
-    their event ids are the stream entries'."""
-    schema = json.loads(WEBHOOK_SCHEMA.read_text(encoding="utf-8"))
-    validator = jsonschema.Draft202012Validator(schema)
-    mark(stored, "48950", 1)
-    _outcome, call = execute_margin_calls(stored, TABLES, SETTINGS, [CALL])[0]
-    mark(stored, "49500", 2)
-    _outcome, resolved = execute_resolution(stored, TABLES, SETTINGS, RESOLUTION)
-    ids = [f"p0:{entry_id.decode()}" for entry_id, _f in stored.xrange(keys.margin_call_events(0))]
-    for document in (call, resolved):
-        assert document is not None
-        assert list(validator.iter_errors(document)) == []
-    assert [call["event_id"], resolved["event_id"]] == ids  # type: ignore[index]
-    assert (call["kind"], resolved["kind"]) == ("margin_call", "resolved")  # type: ignore[index]
-    assert call["margin_ratio"] == "0.91069767"  # type: ignore[index]  # 195.8 / 215, cut
-
-
 def test_an_episode_does_not_open_on_an_account_changed_since_it_was_read(
     stored: redis.Redis,
 ) -> None:
     """The start script refuses when the account's version is not the one read (a liquidation
     or fill in between may have closed the pool and ended its episode)."""
-    episode, stream, episodes = (keys.episode(0, "E", "cross"), keys.margin_call_events(0),
-                                 keys.partition_episodes(0))  # fmt: skip
-    args = (episode, stream, episodes, keys.account(0, "E"), 7, 60, 1000, "E|cross")
-    assert stored.eval(margin_calls._START_EPISODE, 4, *args, 2, "kind", "margin_call") == -1
+    episode, stream, episodes, outbox = (
+        keys.episode(0, "E", "cross"), keys.margin_call_events(0), keys.partition_episodes(0),
+        keys.webhook_outbox(0))  # fmt: skip
+    args = (episode, stream, episodes, outbox, keys.account(0, "E"), 7, 60, 1000, "E|cross")
+    fields = ("kind", "margin_call")
+    assert stored.eval(margin_calls._START_EPISODE, 5, *args, 2, 1, "http://r/", *fields) == -1
     assert not stored.exists(episode)
-    assert stored.xlen(stream) == 0
-    assert stored.eval(margin_calls._START_EPISODE, 4, *args, 1, "kind", "margin_call")
+    assert (stored.xlen(stream), stored.xlen(outbox)) == (0, 0)
+    assert stored.eval(margin_calls._START_EPISODE, 5, *args, 1, 1, "http://r/", *fields)
     assert stored.sismember(episodes, "E|cross")
+    assert (stored.xlen(stream), stored.xlen(outbox)) == (1, 1)
 
 
 def test_no_margin_call_for_a_pool_liquidated_meanwhile(stored: redis.Redis) -> None:
@@ -256,5 +169,5 @@ def test_no_margin_call_for_a_pool_liquidated_meanwhile(stored: redis.Redis) -> 
     stored.set(keys.insurance_fund(0), "1000")
     mark(stored, "48700", 1)
     assert execute_liquidation(stored, TABLES, SETTINGS, LIQUIDATION) == "liquidated"
-    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL]) == [("gone", None)]
+    assert execute_margin_calls(stored, TABLES, SETTINGS, [CALL]) == ["gone"]
     assert stored.xlen(keys.margin_call_events(0)) == 0

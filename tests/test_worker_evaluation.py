@@ -123,12 +123,10 @@ def execute(client: redis.Redis, actions: list[Action]) -> list[str]:
     """Run the actions as the executor does; their outcomes."""
     outcomes = []
     calls = [a for a in actions if a.kind is MARGIN_CALL]
-    outcomes += [
-        outcome for outcome, _event in execute_margin_calls(client, TABLES, SETTINGS, calls)
-    ]
+    outcomes += execute_margin_calls(client, TABLES, SETTINGS, calls)
     for action in actions:
         if action.kind is RESOLVED:
-            outcomes.append(execute_resolution(client, TABLES, SETTINGS, action)[0])
+            outcomes.append(execute_resolution(client, TABLES, SETTINGS, action))
         elif action.kind is LIQUIDATION:
             outcomes.append(execute_liquidation(client, TABLES, SETTINGS, action))
     return outcomes

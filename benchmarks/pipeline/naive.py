@@ -126,7 +126,6 @@ def naive_sample(ctx: Context, pids: Mapping[str, int]) -> Sample:
         evaluated=(),
         partition_queued=int(queued),
         actions_queued=0,
-        webhooks_queued=0,
         unacked=int(unacked),
         pending_flags=0,
         redis_used=int(memory["used_memory"]),

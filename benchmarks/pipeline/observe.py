@@ -16,7 +16,7 @@ from benchmarks.pipeline.config import HISTOGRAMS, SCRAPED
 from benchmarks.pipeline.daemons import Daemons
 from benchmarks.pipeline.proc import cpu_seconds, rss_kib
 from marginwatch.base import keys
-from marginwatch.runtime.celery_app import WEBHOOKS_QUEUE, executor_queues, partition_queue
+from marginwatch.runtime.celery_app import executor_queues, partition_queue
 
 
 class EvaluationCounter:
@@ -109,7 +109,6 @@ class Sample:
     evaluated: tuple[int, ...]
     partition_queued: int
     actions_queued: int
-    webhooks_queued: int
     unacked: int
     pending_flags: int
     redis_used: int
@@ -130,7 +129,6 @@ def take_sample(client: redis.Redis, partitions: int, pids: Mapping[str, int]) -
     queues = [
         *(partition_queue(p) for p in range(partitions)),
         *executor_queues(range(partitions)),
-        WEBHOOKS_QUEUE,
     ]
     for name in queues:
         pipe.llen(name)
@@ -143,8 +141,7 @@ def take_sample(client: redis.Redis, partitions: int, pids: Mapping[str, int]) -
         tick_sequence=int(reply[0] or 0),
         evaluated=tuple(int(v or 0) for v in reply[1]),
         partition_queued=sum(lengths[:partitions]),
-        actions_queued=sum(lengths[partitions:-1]),
-        webhooks_queued=lengths[-1],
+        actions_queued=sum(lengths[partitions:]),
         unacked=int(reply[-2]),
         pending_flags=sum(v is not None for v in reply[2]),
         redis_used=int(reply[-1]["used_memory"]),

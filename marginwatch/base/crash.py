@@ -17,6 +17,7 @@ POINTS = {
     "worker:after-send": "the evaluation's actions are sent, its decisions not remembered",
     "executor:after-margin-calls": "the episode scripts ran, the task not acknowledged",
     "executor:after-liquidation": "the liquidation is written, the task not acknowledged",
+    "webhooks:after-post": "a webhook is delivered (2xx), its outbox entry not acknowledged",
 }
 EXIT_STATUS = 137  # what a shell reports for SIGKILL
 

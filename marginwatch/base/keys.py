@@ -23,6 +23,7 @@ TICKS = PREFIX + "{prices}:ticks"
 
 # The consumer group of every partition's account-event stream.
 ACCOUNT_EVENTS_GROUP = "marginwatch"
+WEBHOOK_DELIVERERS_GROUP = "deliverers"
 
 _PARTITION = PREFIX + "{{p{partition}}}:"  # mw:{p7}:
 # Accounts: one hash per account (fields ``version`` and ``state``), the members of each
@@ -46,6 +47,10 @@ _EPISODE = "episode:{account_id}:{pool}"
 _EPISODES = "episodes"  # set of "account|pool" of the partition's open episodes
 _DUE_LIQUIDATIONS = "due-liquidations"  # zset "account|pool" -> ms when first sent
 _IDEMPOTENCY = "done:{key}"
+_WEBHOOK_OUTBOX = "webhook-outbox"  # stream: one entry per event and URL
+_WEBHOOK_RETRIES = "webhook-outbox:retries"  # zset outbox entry id -> ms of its next attempt
+_WEBHOOK_ATTEMPTS = "webhook-outbox:attempts"  # hash outbox entry id -> failed attempts
+_WEBHOOK_DEAD_LETTERS = "webhook-outbox:dead"  # stream: deliveries given up, with the reason
 
 # The layout before partitions carried hash tags (read only by ``marginwatch migrate``).
 LEGACY_PRICES = PREFIX + "prices"
@@ -163,3 +168,24 @@ def due_liquidations(partition: int) -> str:
 
 def idempotency(partition: int, key: str) -> str:
     return _of(partition, _IDEMPOTENCY.format(key=key))
+
+
+def webhook_outbox(partition: int) -> str:
+    """The partition's webhook deliveries to make: one entry per event and URL, appended by
+    the script that records the event, consumed by group ``WEBHOOK_DELIVERERS_GROUP``."""
+    return _of(partition, _WEBHOOK_OUTBOX)
+
+
+def webhook_retries(partition: int) -> str:
+    """Outbox entries whose delivery failed, scored by when (ms) the next attempt is due."""
+    return _of(partition, _WEBHOOK_RETRIES)
+
+
+def webhook_attempts(partition: int) -> str:
+    """Failed attempts so far of each outbox entry awaiting a retry."""
+    return _of(partition, _WEBHOOK_ATTEMPTS)
+
+
+def webhook_dead_letters(partition: int) -> str:
+    """Outbox entries given up after the last attempt, with the last error."""
+    return _of(partition, _WEBHOOK_DEAD_LETTERS)

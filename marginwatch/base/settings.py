@@ -47,10 +47,13 @@ class Settings(BaseSettings):
         False, description="deliver webhooks with an empty secret (a demo; never in production)"
     )
     webhook_max_attempts: int = Field(5, ge=1)
+    webhook_claim_after_seconds: float = Field(
+        30.0, gt=0, description="take over a delivery pending this long on another deliverer"
+    )
     metrics_port: int | None = Field(None, ge=0, le=65535)
     task_time_limit_seconds: int = Field(60, ge=1)
     liquidation_resend_after_seconds: float = Field(
-        10.0, gt=0, description="send a due liquidation again after this, if none is queued"
+        3.0, gt=0, description="send a due liquidation again after this, if none is queued"
     )
     crash_at: str | None = Field(
         None, description="exit abruptly at this crash point (fault tests only; see base.crash)"

@@ -1,6 +1,7 @@
-"""The ``marginwatch executor`` daemon: Celery's solo pool on its partitions' action queues
-and/or the webhook queue, with the account-events applier of its partitions in a supervised
-helper thread (with the actions).
+"""The ``marginwatch executor`` daemon: Celery's solo pool on its partitions' action queues with
+the account-events applier of its partitions in a supervised helper thread (role ``actions``),
+and/or the webhook deliverer of their outboxes (role ``webhooks``: a helper thread beside the
+actions, or the whole process without them).
 
 Two executors may serve the same partitions: Celery gives each message to one of them, every
 effect is guarded in Redis (episode keys, liquidation idempotency keys), and one applier per
@@ -22,14 +23,17 @@ from redis.retry import Retry
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.base.settings import ConfigurationError, Settings, redis_url
 from marginwatch.executor.instrumentation import insurance_fund_reader, observe_applied
+from marginwatch.executor.outbox import Deliverer, run_deliverer
 from marginwatch.executor.tasks import ExecutorRuntime, register_tasks
-from marginwatch.runtime.celery_app import (
-    WEBHOOKS_QUEUE,
-    consume_in_listed_order,
-    executor_queues,
-)
+from marginwatch.runtime.celery_app import consume_in_listed_order, executor_queues
 from marginwatch.runtime.observe import counting_redis_errors
-from marginwatch.runtime.process import connect, metrics_served, run_celery, with_thread
+from marginwatch.runtime.process import (
+    connect,
+    metrics_served,
+    run_celery,
+    supervised,
+    with_threads,
+)
 from marginwatch.state.applier import AppliedCounts, run_applier
 
 SCRAPE_TIMEOUT_SECONDS = 1.0
@@ -43,12 +47,6 @@ def parse_roles(spec: str) -> list[str]:
     if unknown or not names:
         raise ConfigurationError(f"--queues: expected actions and/or webhooks, got {spec!r}")
     return [role for role in ROLES if role in names]
-
-
-def queues_of(roles: Sequence[str], partitions: Sequence[int]) -> list[str]:
-    """The Celery queues of ``roles`` for ``partitions``, in the order they are drained."""
-    actions = executor_queues(partitions) if "actions" in roles else []
-    return [*actions, *([WEBHOOKS_QUEUE] if "webhooks" in roles else [])]
 
 
 def _executor_metrics(
@@ -99,11 +97,21 @@ def run_executor(
         observe_applied(metrics, counts)
 
     def apply_events(stop: threading.Event) -> None:
-        if "actions" in roles:
-            with counting_redis_errors(metrics.redis_errors):
-                run_applier(runtime.client, runtime.tables, settings.partitions, partitions,
-                            consumer, stop, on_step=on_step)  # fmt: skip
+        with counting_redis_errors(metrics.redis_errors):
+            run_applier(runtime.client, runtime.tables, settings.partitions, partitions,
+                        consumer, stop, on_step=on_step)  # fmt: skip
 
-    queues = queues_of(roles, partitions)
+    def deliver(stop: threading.Event) -> None:
+        count = metrics.webhook_deliveries.labels
+        deliverer = Deliverer(runtime.client, settings, partitions, consumer,
+                              lambda result: count(result).inc())  # fmt: skip
+        with counting_redis_errors(metrics.redis_errors):
+            run_deliverer(deliverer, stop)
+
     with metrics_served(settings, registry):
-        with_thread(apply_events, lambda: run_celery(runtime.app, queues, name, loglevel))
+        if "actions" not in roles:
+            supervised(deliver, threading.Event())
+            return
+        helpers = [apply_events, *([deliver] if "webhooks" in roles else [])]
+        queues = executor_queues(partitions)
+        with_threads(helpers, lambda: run_celery(runtime.app, queues, name, loglevel))

@@ -1,7 +1,7 @@
 """Feeding the executor's metrics (``marginwatch.base.metrics``) from what the actions return.
 
 The task wrappers in ``marginwatch.executor.tasks`` hand outcomes here. Celery's ``task_retry``
-and ``task_failure`` signals count retries and final failures of the action and webhook tasks.
+and ``task_failure`` signals count retries and final failures of the action tasks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from marginwatch.base.actions import Action
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.base.pools import margin_mode_of
 from marginwatch.executor.liquidation import LiquidationOutcome
-from marginwatch.runtime.celery_app import KIND_OF_TASK, TASK_DELIVER_WEBHOOK
+from marginwatch.runtime.celery_app import KIND_OF_TASK
 from marginwatch.runtime.observe import age_seconds
 from marginwatch.state.applier import AppliedCounts
 from marginwatch.state.fund import read_ledgers
@@ -82,7 +82,7 @@ def insurance_fund_reader(
 
 
 def connect_task_signals(app: Celery, metrics: Callable[[], ExecutorMetrics]) -> None:
-    """Count retries and final failures of ``app``'s action and webhook tasks.
+    """Count retries and final failures of ``app``'s action tasks.
 
     ``metrics`` is called at each signal, so the daemon may set its metrics after this.
     """
@@ -99,9 +99,7 @@ def connect_task_signals(app: Celery, metrics: Callable[[], ExecutorMetrics]) ->
 
 
 def count_task_signal(metrics: ExecutorMetrics, task: str, kind: str) -> None:
-    """A ``retry`` or ``failure`` of ``task``: action retries/failures, webhook results."""
+    """A ``retry`` or ``failure`` of an action ``task``."""
     if task in KIND_OF_TASK:
         counter = metrics.action_retries if kind == "retry" else metrics.action_failures
         counter.labels(KIND_OF_TASK[task].value).inc()
-    elif task == TASK_DELIVER_WEBHOOK:
-        metrics.webhook_deliveries.labels("retried" if kind == "retry" else "failed").inc()

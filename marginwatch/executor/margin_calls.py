@@ -4,13 +4,14 @@ Each action re-reads the account and the newest marks and re-checks with the exa
 it finds decides. Each is idempotent: a redelivered or duplicated task changes nothing twice.
 
 * Margin call: once per episode (``keys.episode`` set with NX), a Binance-shaped
-  ``MARGIN_CALL`` event on ``keys.MARGIN_CALL_EVENTS``, both in one script.
+  ``MARGIN_CALL`` event on the partition's ``keys.margin_call_events``, both in one script.
 * Resolution: the episode ends (key deleted) when the ratio is below the re-arm level; a
   ``resolved`` event, in the same script.
 * Liquidation: see ``liquidation.py``.
 
-The episode key and its event change together or not at all, in one script (a crash between
-them would lose the event, or record one twice).
+The episode key, its event and the event's webhook deliveries (one outbox entry per URL,
+``keys.webhook_outbox``; see ``outbox.py``) change together or not at all, in one script (a
+crash between them would lose the event or its webhooks, or record one twice).
 """
 
 from __future__ import annotations
@@ -89,20 +90,18 @@ def execute_margin_calls(
     settings: Settings,
     batch: list[Action],
     bad: BadRecords | None = None,
-) -> list[tuple[str, dict[str, Any] | None]]:
+) -> list[str]:
     """Emit a MARGIN_CALL once per episode for every action of ``batch`` whose exact ratio
     still calls for it, in three round trips whatever its size: the accounts (pipelined), their
-    marks (one HMGET), and the episode scripts (pipelined). Returns each action's outcome
-    (``sent``, ``duplicate``, ``not_confirmed`` or ``gone``) and, when sent, the webhook
-    document of the event (``webhook_document``), in order."""
+    marks (one HMGET), and the episode scripts (pipelined), each of which also appends the
+    event's webhook deliveries to the outbox. Returns each action's outcome (``sent``,
+    ``duplicate``, ``not_confirmed`` or ``gone``), in order."""
     accounts = _read_accounts_of(client, batch, bad)
     symbols = {p.symbol for stored in accounts.values() for p in stored.account.positions}
     marks = {s: tick.mark_price for s, tick in read_ticks_of(client, symbols, bad).items()}
     found = [_pool_at(accounts.get((a.partition, a.account_id)), a.pool, marks, tables, settings)
              for a in batch]  # fmt: skip
-    results: list[tuple[str, dict[str, Any] | None]] = [
-        ("gone", None) if f is None else ("not_confirmed", None) for f in found
-    ]
+    results = ["gone" if f is None else "not_confirmed" for f in found]
     confirmed = {i: f for i, f in enumerate(found) if f is not None and _calls(f[1], settings)}
     fields = {
         i: _fields("margin_call", batch[i], pool, margin_call_event(report, batch[i].pool,
@@ -114,44 +113,20 @@ def execute_margin_calls(
         action = batch[i]
         read_at = accounts[(action.partition, action.account_id)].version
         account = keys.account(action.partition, action.account_id)
-        pipe.eval(_START_EPISODE, 4, *_episode_keys(action), account, action.tick_sequence,
+        pipe.eval(_START_EPISODE, 5, *_episode_keys(action), account, action.tick_sequence,
                   EPISODE_TTL_SECONDS, EVENTS_MAXLEN, pool_member(action.account_id, action.pool),
-                  read_at, *_flat(fields[i]))  # fmt: skip
+                  read_at, *_urls(settings), *_flat(fields[i]))  # fmt: skip
     for i, entry_id in zip(confirmed, pipe.execute(), strict=True):
-        results[i] = _started(batch[i], fields[i], entry_id)
+        results[i] = _started(entry_id)
     return results
 
 
-def _started(
-    action: Action, fields: dict[str, str | int], entry_id: bytes | int
-) -> tuple[str, dict[str, Any] | None]:
-    """The outcome of an episode script: sent (with the webhook document), duplicate (an
-    episode is open already), or not_confirmed (the account changed since it was read)."""
+def _started(entry_id: bytes | int) -> str:
+    """The outcome of an episode script: sent, duplicate (an episode is open already), or
+    not_confirmed (the account changed since it was read)."""
     if entry_id == -1:
-        return "not_confirmed", None
-    if not entry_id or isinstance(entry_id, int):
-        return "duplicate", None
-    return "sent", webhook_document(action, fields, entry_id)
-
-
-def webhook_document(
-    action: Action, fields: dict[str, str | int], entry_id: bytes
-) -> dict[str, Any]:
-    """The document a webhook receives (docs/schemas/webhook.schema.json): the margin-call
-    stream entry, with a stable ``event_id`` (partition and entry id) to deduplicate on."""
-    ratio = fields["margin_ratio"]
-    return {
-        "event_id": f"p{action.partition}:{entry_id.decode()}",
-        "kind": fields["kind"],
-        "account_id": action.account_id,
-        "pool": action.pool,
-        "partition": action.partition,
-        "margin_ratio": ratio or None,
-        "tick_sequence": action.tick_sequence,
-        "tick_event_time_ms": action.tick_event_time_ms,
-        "time_ms": fields["emitted_ms"],
-        "event": json.loads(str(fields["event"])),
-    }
+        return "not_confirmed"
+    return "duplicate" if not entry_id or isinstance(entry_id, int) else "sent"
 
 
 def _read_accounts_of(
@@ -193,21 +168,20 @@ def execute_resolution(
     settings: Settings,
     action: Action,
     bad: BadRecords | None = None,
-) -> tuple[str, dict[str, Any] | None]:
-    """End the episode (and say so) if the exact ratio is below the re-arm level; the outcome
-    and the webhook document of the ``resolved`` event (``None`` when none was written)."""
+) -> str:
+    """End the episode (and say so, with its webhook deliveries in the outbox) if the exact
+    ratio is below the re-arm level; the outcome."""
     found = _current_pool(client, tables, settings, action, bad)
     if found is not None:
         _report, pool, _members = found
         if pool.margin_ratio is None or pool.margin_ratio >= settings.rearm_below:
-            return "not_confirmed", None
+            return "not_confirmed"
     event = {"e": "MARGIN_CALL_RESOLVED", "E": now_ms()}
     fields = _fields("resolved", action, None if found is None else found[1], event)
-    entry_id = client.eval(_END_EPISODE, 3, *_episode_keys(action), EVENTS_MAXLEN,
-                           pool_member(action.account_id, action.pool), *_flat(fields))  # fmt: skip
-    if not entry_id:
-        return "duplicate", None
-    return "sent", webhook_document(action, fields, entry_id)
+    entry_id = client.eval(_END_EPISODE, 4, *_episode_keys(action), EVENTS_MAXLEN,
+                           pool_member(action.account_id, action.pool), *_urls(settings),
+                           *_flat(fields))  # fmt: skip
+    return "sent" if entry_id else "duplicate"
 
 
 def _current_pool(
@@ -226,31 +200,61 @@ def _current_pool(
     return report, found[0], found[1]
 
 
-def _episode_keys(action: Action) -> tuple[str, str, str]:
-    """The episode key, the partition's margin-call stream and its set of open episodes."""
+def _episode_keys(action: Action) -> tuple[str, str, str, str]:
+    """The episode key, the partition's margin-call stream, its set of open episodes and its
+    webhook outbox."""
     partition = action.partition
     return (keys.episode(partition, action.account_id, action.pool),
-            keys.margin_call_events(partition), keys.partition_episodes(partition))  # fmt: skip
+            keys.margin_call_events(partition), keys.partition_episodes(partition),
+            keys.webhook_outbox(partition))  # fmt: skip
 
 
-# KEYS: episode key, event stream, the partition's open episodes (start: and the account).
-# ARGV (start): tick sequence, TTL seconds, stream max length, member, account version read,
-# field, value, ... Each returns the event's stream entry id, or 0 when it wrote nothing;
-# start returns -1 when the account changed since it was read (a liquidation or a fill may
-# have closed the pool and ended its episode: it must not open again).
-_START_EPISODE = """
-if redis.call('HGET', KEYS[4], 'version') ~= ARGV[5] then return -1 end
+def _urls(settings: Settings) -> list[str | int]:
+    """The script arguments naming the webhook URLs: their count, then each."""
+    return [len(settings.webhook_urls), *settings.webhook_urls]
+
+
+# Appends one outbox entry per webhook URL (ARGV[first] .. ARGV[first + count - 1]) for the
+# event written as ``id`` with ``fields``: the event and its deliveries are recorded together.
+_OUTBOX = """
+local function outbox(key, maxlen, first, count, id, fields)
+  for i = first, first + count - 1 do
+    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'url', ARGV[i], 'event_entry', id,
+               unpack(fields))
+  end
+end
+"""
+# KEYS: episode key, event stream, the partition's open episodes, webhook outbox (start: and
+# the account). ARGV (start): tick sequence, TTL seconds, stream max length, member, account
+# version read, URL count n, n URLs, field, value, ... Each returns the event's stream entry
+# id, or 0 when it wrote nothing; start returns -1 when the account changed since it was read
+# (a liquidation or a fill may have closed the pool and ended its episode: it must not open
+# again).
+_START_EPISODE = (
+    _OUTBOX
+    + """
+if redis.call('HGET', KEYS[5], 'version') ~= ARGV[5] then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 0 end
 redis.call('SADD', KEYS[3], ARGV[4])
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 6))
+local fields = {unpack(ARGV, 7 + tonumber(ARGV[6]))}
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
+outbox(KEYS[4], ARGV[3], 7, tonumber(ARGV[6]), id, fields)
+return id
 """
-# ARGV (end): stream max length, member, field, value, ... (the member leaves the set even
-# when the key is gone already: expired, or ended by a liquidation)
-_END_EPISODE = """
+)
+# ARGV (end): stream max length, member, URL count n, n URLs, field, value, ... (the member
+# leaves the set even when the key is gone already: expired, or ended by a liquidation)
+_END_EPISODE = (
+    _OUTBOX
+    + """
 redis.call('SREM', KEYS[3], ARGV[2])
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+local fields = {unpack(ARGV, 4 + tonumber(ARGV[3]))}
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+outbox(KEYS[4], ARGV[1], 4, tonumber(ARGV[3]), id, fields)
+return id
 """
+)
 
 
 def _fields(

@@ -3,8 +3,6 @@ process's resources to a plain function, then observing the outcome."""
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,14 +13,12 @@ from marginwatch.base import crash
 from marginwatch.base.actions import Action, ActionMessageError
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.base.partitions import partition_of
-from marginwatch.executor import instrumentation, liquidation, margin_calls, webhooks
+from marginwatch.executor import instrumentation, liquidation, margin_calls
 from marginwatch.runtime.celery_app import (
     RETRY_ON_REDIS_ERRORS,
-    TASK_DELIVER_WEBHOOK,
     TASK_LIQUIDATE,
     TASK_MARGIN_CALL_RESOLVED,
     TASK_MARGIN_CALLS,
-    send_webhook,
 )
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
@@ -76,32 +72,24 @@ def parse_actions(runtime: ExecutorRuntime, messages: Any) -> list[Action]:
 
 
 def run_margin_calls(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]:
-    """Margin calls of one evaluation, then one webhook delivery task per event and URL."""
+    """Margin calls of one evaluation (their webhooks go to the outbox with them)."""
     with counting_redis_errors(runtime.metrics.redis_errors):
         results = margin_calls.execute_margin_calls(
             runtime.client, runtime.tables, runtime.settings, batch, runtime.bad
         )
     crash.at("executor:after-margin-calls")
-    for action, (outcome, document) in zip(batch, results, strict=True):
+    for action, outcome in zip(batch, results, strict=True):
         instrumentation.observe_margin_call(runtime.metrics, action, outcome)
-        send_webhooks(runtime, document)
-    return [outcome for outcome, _document in results]
-
-
-def send_webhooks(runtime: ExecutorRuntime, document: dict[str, Any] | None) -> None:
-    """One delivery task per configured URL for an event's document."""
-    for url in runtime.settings.webhook_urls if document is not None else ():
-        send_webhook(runtime.app, url, json.dumps(document))
+    return results
 
 
 def run_resolution(runtime: ExecutorRuntime, action: Action) -> str:
     """End a margin-call episode if the exact ratio says so."""
     with counting_redis_errors(runtime.metrics.redis_errors):
-        outcome, document = margin_calls.execute_resolution(
+        outcome = margin_calls.execute_resolution(
             runtime.client, runtime.tables, runtime.settings, action, runtime.bad
         )
     instrumentation.observe_resolution(runtime.metrics, action, outcome)
-    send_webhooks(runtime, document)
     return outcome
 
 
@@ -115,16 +103,9 @@ def run_liquidation(runtime: ExecutorRuntime, action: Action) -> str:
     return outcome.result
 
 
-def run_webhook(runtime: ExecutorRuntime, url: str, body: str) -> int:
-    """Deliver one event (a failure raises; the task retries it)."""
-    status = webhooks.deliver(url, body.encode(), runtime.settings.webhook_secret, time.time())
-    runtime.metrics.webhook_deliveries.labels("delivered").inc()
-    return status
-
-
 def register_tasks(app: Celery, runtime: ExecutorRuntime) -> None:
-    """Define the action and webhook tasks on ``app``, bound to ``runtime``; count their
-    retries and failures."""
+    """Define the action tasks on ``app``, bound to ``runtime``; count their retries and
+    failures."""
     instrumentation.connect_task_signals(app, lambda: runtime.metrics)
 
     @app.task(name=TASK_MARGIN_CALLS, **RETRY_ON_REDIS_ERRORS)
@@ -140,9 +121,3 @@ def register_tasks(app: Celery, runtime: ExecutorRuntime) -> None:
     def liquidate(message: Any) -> str:
         action = parse_action(runtime, message)
         return "bad_message" if action is None else run_liquidation(runtime, action)
-
-    @app.task(name=TASK_DELIVER_WEBHOOK, autoretry_for=(webhooks.WebhookDeliveryError,),
-              retry_backoff=True, retry_backoff_max=60, shared=False,
-              max_retries=runtime.settings.webhook_max_attempts - 1)  # fmt: skip
-    def deliver_webhook(url: str, body: str) -> int:
-        return run_webhook(runtime, url, body)

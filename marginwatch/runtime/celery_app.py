@@ -16,15 +16,15 @@ TASK_EVALUATE_PARTITION = "marginwatch.evaluate_partition"
 TASK_MARGIN_CALLS = "marginwatch.margin_calls"
 TASK_MARGIN_CALL_RESOLVED = "marginwatch.margin_call_resolved"
 TASK_LIQUIDATE = "marginwatch.liquidate"
-TASK_DELIVER_WEBHOOK = "marginwatch.deliver_webhook"
 
 # Every partition has its own queues: its evaluations, its margin calls and their resolutions
 # (cheap, latency-bound: an executor drains them before it takes a liquidation, see
-# ``consume_in_listed_order``) and its liquidations. Webhook deliveries share one queue.
+# ``consume_in_listed_order``) and its liquidations. Webhooks travel through each partition's
+# outbox in Redis, not through Celery (see executor/outbox.py).
 _PARTITION_QUEUE = "marginwatch.partition.{partition}"
 _MARGIN_CALLS_QUEUE = "marginwatch.margin-calls.{partition}"
 _ACTIONS_QUEUE = "marginwatch.actions.{partition}"
-WEBHOOKS_QUEUE = "marginwatch.webhooks"
+_DEFAULT_QUEUE = "marginwatch.default"  # nothing is sent there: every task names its queue
 
 TASK_OF_KIND = {
     ActionKind.MARGIN_CALL: TASK_MARGIN_CALLS,
@@ -88,7 +88,7 @@ def make_celery(settings: Settings, broker_url: str) -> Celery:
         task_soft_time_limit=max(1, settings.task_time_limit_seconds - 5),
         broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,
-        task_default_queue=WEBHOOKS_QUEUE,  # every other task is sent to an explicit queue
+        task_default_queue=_DEFAULT_QUEUE,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
@@ -132,11 +132,6 @@ def send_actions(app: Celery, partition: int, actions: Sequence[Action]) -> None
 def send_evaluation(app: Celery, partition: int) -> None:
     """Queue one evaluation of ``partition`` on its own queue."""
     app.send_task(TASK_EVALUATE_PARTITION, args=[partition], queue=partition_queue(partition))
-
-
-def send_webhook(app: Celery, url: str, body: str) -> None:
-    """Queue one webhook delivery."""
-    app.send_task(TASK_DELIVER_WEBHOOK, args=[url, body], queue=WEBHOOKS_QUEUE)
 
 
 def consume_in_listed_order(app: Celery) -> None:

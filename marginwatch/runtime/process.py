@@ -99,13 +99,18 @@ def supervised(target: Callable[[threading.Event], None], stop: threading.Event)
             delay = min(delay * 2, HELPER_RESTART_MAX_SECONDS)
 
 
-def with_thread(target: Callable[[threading.Event], None], body: Callable[[], None]) -> None:
-    """Run ``body`` with ``target`` supervised in a helper thread, stopped when ``body`` ends."""
+def with_threads(
+    targets: Sequence[Callable[[threading.Event], None]], body: Callable[[], None]
+) -> None:
+    """Run ``body`` with each of ``targets`` supervised in a helper thread, stopped when
+    ``body`` ends."""
     stop = threading.Event()
-    thread = threading.Thread(target=supervised, args=(target, stop), daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=supervised, args=(t, stop), daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
     try:
         body()
     finally:
         stop.set()
-        thread.join(timeout=5)
+        for thread in threads:
+            thread.join(timeout=5)

@@ -12,7 +12,7 @@ from marginwatch.base.partitions import parse_partitions
 from marginwatch.base.settings import Settings
 from marginwatch.runtime.celery_app import partition_queue
 from marginwatch.runtime.observe import counting_redis_errors
-from marginwatch.runtime.process import connect, metrics_served, run_celery, with_thread
+from marginwatch.runtime.process import connect, metrics_served, run_celery, with_threads
 from marginwatch.worker.dispatch import Dispatcher
 from marginwatch.worker.tasks import WorkerRuntime, register_tasks
 
@@ -40,4 +40,4 @@ def run_worker(settings: Settings, partition_spec: str, loglevel: str = "INFO") 
     queues = [partition_queue(p) for p in partitions]
     name = f"partitions-{partition_spec.replace(',', '_')}"
     with metrics_served(settings, registry):
-        with_thread(dispatch, lambda: run_celery(runtime.app, queues, name, loglevel))
+        with_threads([dispatch], lambda: run_celery(runtime.app, queues, name, loglevel))

@@ -17,6 +17,7 @@ from marginwatch.runtime.celery_app import (
     RETRY_ON_REDIS_ERRORS,
     TASK_EVALUATE_PARTITION,
     actions_queue,
+    margin_calls_queue,
     send_actions,
     send_evaluation,
 )
@@ -93,7 +94,8 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
             oldest = oldest_due_ms(runtime.client, partition)
             resend_overdue(runtime, book, outcome.started_at)
             reconfirm_settled_liquidations(runtime.client, book)
-            reconcile_episodes(runtime.client, book)
+            if not runtime.client.llen(margin_calls_queue(partition)):
+                reconcile_episodes(runtime.client, book)  # else margin calls may be queued
         instrumentation.observe_due(metrics, partition, oldest, outcome.started_at)
     if runtime.liquidation_map_due.due(partition):
         instrumentation.refresh_liquidation_map(metrics, book, outcome.marks, settings.venue)
