@@ -106,9 +106,17 @@ def pipeline_health() -> Json:
         "Bad records skipped per minute",
         "Records read from Redis that could not be used (a malformed tick, a corrupt account, a "
         "malformed action message): skipped, the others read on. Any is a bug or a writer to fix.",
-        (24, 7),
+        (12, 7),
         "short",
         [q(rate_by(metrics.BAD_RECORDS, "component, kind", scale="60"), "{{component}} {{kind}}")],
+    )
+    grid.timeseries(
+        "Book reloads per minute",
+        "Workers reading all their books again because Redis restarted or came back without its "
+        "data. Expected after a Redis restart; otherwise look at Redis' log.",
+        (12, 7),
+        "short",
+        [q(rate_by(metrics.BOOK_RELOADS, "reason", scale="60"), "{{reason}}")],
     )
 
     grid.section("Evaluation")

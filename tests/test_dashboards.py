@@ -62,6 +62,7 @@ ISSUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "marginwatch_action_retries_total": ("counter", ("action",)),
     "marginwatch_webhook_deliveries_total": ("counter", ("result",)),
     "marginwatch_account_events_total": ("counter", ("outcome",)),
+    "marginwatch_book_reloads_total": ("counter", ("reason",)),
 }
 SERIES_SUFFIXES = {
     "counter": ("",),

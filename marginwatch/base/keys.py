@@ -14,6 +14,8 @@ PREFIX = "mw:"
 
 # Deployment configuration.
 PARTITION_COUNT = PREFIX + "config:partitions"
+# A random token written once (SET NX): a Redis that comes back without it lost its data.
+GENERATION = PREFIX + "config:generation"
 
 # Prices: latest mark per symbol (hash symbol -> tick JSON), the global tick sequence, and the
 # change-notice stream that wakes the partition dispatchers.

@@ -46,6 +46,7 @@ STALE_SYMBOLS = "marginwatch_stale_symbols"
 OLDEST_DUE_LIQUIDATION = "marginwatch_oldest_due_liquidation_age_seconds"
 LIQUIDATION_MAP = "marginwatch_liquidation_map_notional_usdt"
 ACTIONS_SENT = "marginwatch_actions_sent_total"
+BOOK_RELOADS = "marginwatch_book_reloads_total"
 # Executor.
 MARGIN_CALLS = "marginwatch_margin_calls_total"
 MARGIN_CALL_RESOLUTIONS = "marginwatch_margin_call_resolutions_total"
@@ -70,6 +71,8 @@ WEBHOOK_RESULTS = ("delivered", "failed", "retried")
 ACCOUNT_EVENT_OUTCOMES = ("accepted", "rejected", "duplicate")
 # Records read from Redis that could not be used (skipped, the others read on).
 BAD_RECORD_KINDS = ("tick", "account", "action")
+# Why a worker read its partitions' books again from Redis (state.identity).
+RELOAD_REASONS = ("redis_restarted", "redis_data_lost")
 
 TICK_AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 EVALUATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -163,6 +166,10 @@ class WorkerMetrics:
             registry=registry,
         )
         self.redis_errors = _redis_errors(registry, "worker")
+        self.book_reloads = _counter(
+            registry, BOOK_RELOADS, "Books read again from Redis, by reason", "reason",
+            RELOAD_REASONS,
+        )  # fmt: skip
 
     def _evaluation_metrics(self, registry: CollectorRegistry) -> None:
         self.tick_age = Histogram(

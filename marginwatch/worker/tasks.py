@@ -25,6 +25,7 @@ from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
 from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.due import oldest_due_ms, overdue
+from marginwatch.state.identity import RedisIdentity, redis_identity
 from marginwatch.worker import instrumentation
 from marginwatch.worker.evaluation import (
     EvaluationOutcome,
@@ -53,6 +54,8 @@ class WorkerRuntime(Runtime):
     metrics: WorkerMetrics = field(default_factory=_unserved_metrics)
     liquidation_map_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
     book_gauges_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
+    identity_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
+    identity: RedisIdentity | None = None  # of the Redis the books were loaded from
 
     def book(self, partition: int) -> PartitionBook:
         """The partition's book, loaded from Redis on first use."""
@@ -69,6 +72,20 @@ class WorkerRuntime(Runtime):
         """Counted on the metrics served now (the daemon may replace them)."""
         self.metrics.count_bad_record(kind)
 
+    def check_redis(self) -> str | None:
+        """At most once a second: forget every book if Redis restarted or lost its data since
+        they were loaded (each is read again on its next use); why, if so."""
+        if not self.identity_due.due(0):
+            return None
+        now = redis_identity(self.client)
+        reason = None if self.identity is None else now.change_from(self.identity)
+        self.identity = now
+        if reason is not None:
+            log.warning("%s: reading partitions %s again", reason, sorted(self.books))
+            self.books.clear()
+            self.metrics.book_reloads.labels(reason).inc()
+        return reason
+
     def enqueue_evaluation(self, partition: int) -> None:
         send_evaluation(self.app, partition)
 
@@ -79,6 +96,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
     with counting_redis_errors(metrics.redis_errors):
         runtime.client.delete(keys.partition_pending(partition))
         metrics.set_pending([partition], pending=False)
+        runtime.check_redis()
         book = runtime.book(partition)
         outcome = evaluate_partition(book, runtime.client, settings)
         record_due(runtime.client, book, outcome)
