@@ -329,22 +329,25 @@ def test_an_expired_lease_is_taken_over(redis_client: redis.Redis) -> None:
     assert fresh.token > stale.token
 
 
-def test_an_applier_whose_lease_was_taken_writes_nothing(redis_client: redis.Redis) -> None:
-    """Fencing: "old" still believes it holds the lease, "new" took it; old's step applies
-    nothing, leaves the entry pending and gives the lease up."""
-    load(redis_client)
+def test_an_applier_whose_lease_was_taken_reads_and_writes_nothing(
+    redis_client: redis.Redis,
+) -> None:
+    """Fencing: "old" still believes it holds the lease, "new" took it; old's step takes no
+    entry (else new would apply the later withdrawal first, and refuse it) and gives the lease
+    up; new applies the deposit, then the withdrawal, in stream order."""
+    load(redis_client, "0")
     old = lease_of(redis_client, "old")
-    publish(redis_client, type="deposit", amount="7")
+    publish(redis_client, type="deposit", amount="100")
     redis_client.delete(keys.applier_lease(HOME))  # as if it had expired
     new = partition_lease(redis_client, HOME, "new", 10_000)
     assert new.keep()
     assert apply_pending(redis_client, TABLES, PARTITIONS, old, HOME) == AppliedCounts()
     assert not old.held
-    assert (version(redis_client), wallet(redis_client)) == (1, Decimal("1000"))
-    assert pending(redis_client) == 1  # delivered to old, not acknowledged
-    assert reclaim_pending(redis_client, HOME, "new") == 1
-    assert apply_pending(redis_client, TABLES, PARTITIONS, new, HOME) == AppliedCounts(accepted=1)
-    assert wallet(redis_client) == Decimal("1007")
+    assert pending(redis_client) == 0  # not even delivered to old
+    publish(redis_client, type="withdraw", amount="100")
+    assert apply_pending(redis_client, TABLES, PARTITIONS, new, HOME) == AppliedCounts(accepted=2)
+    assert (version(redis_client), wallet(redis_client)) == (3, Decimal("0"))
+    assert dead_letters(redis_client) == []
 
 
 def test_the_client_writes_to_the_accounts_partition(redis_client: redis.Redis) -> None:

@@ -216,10 +216,13 @@ class Run:
                    "every task taken by a killed executor redelivered")  # fmt: skip
 
     def account_events_handled(self) -> bool:
-        """The applier's group has read every entry and acknowledged it."""
+        """The applier's group has read every entry (its last delivered id is the stream's
+        last; its lag is unknown after a restart) and acknowledged it."""
         for p in range(self.config.partitions):
-            groups = self.client.xinfo_groups(keys.account_events(p))
-            if not groups or any(g["pending"] or g.get("lag") for g in groups):
+            stream = keys.account_events(p)
+            last = self.client.xinfo_stream(stream)["last-generated-id"]
+            groups = self.client.xinfo_groups(stream)
+            if not groups or any(g["pending"] or g["last-delivered-id"] != last for g in groups):
                 return False
         return True
 

@@ -187,7 +187,7 @@ def apply_pending(
     else up to ``count`` new ones. Stops early if the lease is lost."""
     entries = _read(client, partition, lease.owner, "0", count)
     if not entries:
-        entries = _read(client, partition, lease.owner, ">", count)
+        entries = _read_new_fenced(client, partition, lease, count)
     counts = AppliedCounts()
     if not entries:
         return counts
@@ -273,6 +273,43 @@ def _read(
             continue
         return [entry for _stream, entries in reply or [] for entry in entries]
     return []
+
+
+# KEYS: lease, stream. ARGV: lease value, group, consumer, count. New entries for the
+# consumer only while it holds the lease (0 otherwise): an applier that lost its lease
+# without knowing cannot take entries after the takeover, which the new holder would then
+# apply after later ones.
+_READ_NEW_FENCED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4], 'STREAMS',
+                  KEYS[2], '>') or {}
+"""
+
+
+def _read_new_fenced(
+    client: redis.Redis, partition: int, lease: Lease, count: int
+) -> list[tuple[bytes | str, Fields]]:
+    """Up to ``count`` new entries, read only if ``lease`` is still held (else it is marked
+    lost and nothing is read)."""
+    stream = keys.account_events(partition)
+    args = (lease.key, stream, lease.value or b"", keys.ACCOUNT_EVENTS_GROUP, lease.owner, count)
+    try:
+        reply: Any = client.eval(_READ_NEW_FENCED, 2, *args)
+    except redis.ResponseError as error:
+        if "NOGROUP" not in str(error):
+            raise
+        ensure_group(client, partition)
+        reply = client.eval(_READ_NEW_FENCED, 2, *args)
+    if reply == 0:
+        log.warning("account events: lease on partition %d lost by %s", partition, lease.owner)
+        lease.value = None
+        return []
+    return [(entry_id, _pairs(flat)) for _stream, entries in reply for entry_id, flat in entries]
+
+
+def _pairs(flat: list[bytes]) -> Fields:
+    """A script's flat field/value list as a mapping."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _apply_entry(client: redis.Redis, entry: _Entry) -> Outcome:
