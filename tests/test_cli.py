@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0
     assert "evaluate" in result.stdout
+
+
+def test_version_is_the_installed_distribution_s() -> None:
+    """``marginwatch --version`` prints the version in the package metadata."""
+    script = Path(sys.executable).parent / "marginwatch"
+    result = subprocess.run([script, "--version"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"marginwatch {version('marginwatch')}\n"
 
 
 def test_evaluate_example_snapshot() -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import TextIO
 
 from marginwatch.base.exits import EXIT_INVALID_INPUT, EXIT_OK
@@ -22,6 +23,8 @@ from marginwatch.engine.types import (
 from marginwatch.producer.cli import add_arguments as add_producer_arguments
 from marginwatch.producer.cli import positive_decimal
 
+# The installed distribution, whose metadata gives ``--version``.
+DISTRIBUTION = "marginwatch"
 # The demo's defaults (``marginwatch.cli.demo`` imports Redis: not loaded for ``evaluate``).
 DEMO_ACCOUNTS = 2_000
 DEMO_METRICS_PORT_BASE = 9101
@@ -33,6 +36,7 @@ class InputError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="marginwatch", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version(DISTRIBUTION)}")
     commands = parser.add_subparsers(dest="command", required=True)
     evaluate = commands.add_parser("evaluate", help="evaluate a snapshot, print a JSON report")
     evaluate.add_argument("snapshot", help="snapshot JSON file, or - for stdin")
