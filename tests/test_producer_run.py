@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from marginwatch.base import keys
-from marginwatch.base.settings import Settings
+from marginwatch.base.settings import ConfigurationError, Settings
 from marginwatch.base.ticks import Tick, newest_sequence, ticks_from_prices_hash
 from marginwatch.cli.embedded_redis import RedisServer, free_port
 from marginwatch.producer import binance, cli
@@ -181,35 +181,31 @@ def test_cli_runs_the_synthetic_market_for_its_duration(
 
 
 @pytest.mark.parametrize(
-    ("argv", "redis_url", "status", "message"),
+    ("argv", "redis_url", "message"),
     [
-        ([], None, 2, "marginwatch: MARGINWATCH_REDIS_URL is not set\n"),
+        ([], None, "MARGINWATCH_REDIS_URL is not set"),
         (
             ["--scenario", "BTC"],
             "redis://127.0.0.1:1/0",
-            2,
-            "marginwatch: --scenario: scenario 'BTC': "
-            "expected SYMBOL:MOVE%:DURATION[@START], e.g. BTCUSDT:-12%:30s@10s\n",
+            "--scenario: scenario 'BTC': "
+            "expected SYMBOL:MOVE%:DURATION[@START], e.g. BTCUSDT:-12%:30s@10s",
         ),
     ],
 )
-def test_cli_configuration_errors_exit_2_with_one_line(
-    argv: list[str],
-    redis_url: str | None,
-    status: int,
-    message: str,
-    capsys: pytest.CaptureFixture[str],
+def test_cli_configuration_errors_name_the_setting_or_option(
+    argv: list[str], redis_url: str | None, message: str
 ) -> None:
-    """A missing Redis URL or bad option: exit 2, one line on stderr."""
-    assert cli.run(parse(*argv), Settings(redis_url=redis_url), KNOWN) == status
-    assert capsys.readouterr().err == message
+    """A missing Redis URL or a bad option is a configuration error naming it."""
+    with pytest.raises(ConfigurationError) as raised:
+        cli.run(parse(*argv), Settings(redis_url=redis_url), KNOWN)
+    assert str(raised.value) == message
 
 
-def test_cli_unreachable_redis_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
-    """A Redis that does not answer: exit 1 and say so."""
+def test_cli_unreachable_redis_raises_redis_error() -> None:
+    """A Redis that does not answer raises Redis' connection error (the CLI reports it)."""
     settings = Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    assert cli.run(parse("--duration", "1"), settings, KNOWN) == 1
-    assert capsys.readouterr().err.startswith("marginwatch: cannot reach Redis: ")
+    with pytest.raises(redis.ConnectionError):
+        cli.run(parse("--duration", "1"), settings, KNOWN)
 
 
 @pytest.mark.parametrize(

@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import re
 from decimal import Decimal
+from typing import Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from marginwatch.base import crash
-from marginwatch.engine.brackets import BracketTable, default_tables, load_bracket_file
+from marginwatch.engine.brackets import (
+    BracketTable,
+    BracketTableError,
+    default_tables,
+    load_bracket_file,
+)
 from marginwatch.engine.types import (
     DEFAULT_MARGIN_CALL_RATIO,
     DEFAULT_WARNING_RATIO,
     Thresholds,
     Venue,
 )
+
+ENV_PREFIX = "MARGINWATCH_"
+# Never shown: secret settings print as ***, and URLs with their password as ***.
+SECRET_FIELDS = frozenset({"webhook_secret"})
+URL_FIELDS = frozenset({"redis_url", "webhook_urls"})
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+# pydantic-settings names the field of a value it cannot decode (a JSON setting) only here.
+_UNDECODABLE_FIELD = re.compile(r'field "(\w+)"')
 
 
 class ConfigurationError(RuntimeError):
@@ -24,7 +40,7 @@ class ConfigurationError(RuntimeError):
 class Settings(BaseSettings):
     """Every setting of every daemon; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="MARGINWATCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     redis_url: str | None = Field(None, description="Redis URL; unset: the demo starts its own")
     partitions: int = Field(8, ge=1, le=4096, description="partitions P, fixed per deployment")
@@ -83,15 +99,59 @@ class Settings(BaseSettings):
         return self.liquidation_fee_rates.get(symbol, self.liquidation_fee_rate)
 
 
+def env_name(field: str) -> str:
+    """The environment variable of setting ``field``: ``MARGINWATCH_`` and its name in capitals."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def read_settings() -> Settings:
+    """The settings from the environment; a bad value raises ``ConfigurationError`` naming its
+    variable (without echoing a secret)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise ConfigurationError("; ".join(map(_explain, error.errors()))) from None
+    except SettingsError as error:
+        field = _UNDECODABLE_FIELD.search(str(error))
+        name = env_name(field[1]) if field else ENV_PREFIX + "*"
+        raise ConfigurationError(f"{name}: not valid JSON ({error.__cause__})") from None
+
+
+def _explain(error: Any) -> str:
+    """``MARGINWATCH_PARTITIONS: Input should be a valid integer (got 'abc')``."""
+    field, *inner = error["loc"]
+    where = env_name(str(field)) + "".join(f"[{part}]" for part in inner)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    shown = field not in SECRET_FIELDS | URL_FIELDS and isinstance(error.get("input"), str)
+    return f"{where}: {message}" + (f" (got {error['input']!r})" if shown else "")
+
+
 def redis_url(settings: Settings) -> str:
     """``MARGINWATCH_REDIS_URL``, required by every command that talks to Redis."""
-    if not settings.redis_url:
-        raise ConfigurationError("MARGINWATCH_REDIS_URL is not set")
-    return settings.redis_url
+    url, name = settings.redis_url, env_name("redis_url")
+    if not url:
+        raise ConfigurationError(f"{name} is not set")
+    if not url.startswith(REDIS_URL_SCHEMES):
+        schemes = " or ".join(REDIS_URL_SCHEMES)
+        raise ConfigurationError(f"{name}: expected a URL starting with {schemes}")
+    return url
 
 
 def bracket_tables(settings: Settings) -> dict[str, BracketTable]:
     """The bracket tables in force: ``MARGINWATCH_BRACKETS_FILE`` or the shipped ones."""
-    if settings.brackets_file:
-        return load_bracket_file(settings.brackets_file)
-    return dict(default_tables())
+    path = settings.brackets_file
+    if not path:
+        return dict(default_tables())
+    try:
+        return load_bracket_file(path)
+    except (OSError, json.JSONDecodeError, BracketTableError) as error:
+        problem = _unusable_file(error)
+        raise ConfigurationError(f"{env_name('brackets_file')}={path}: {problem}") from None
+
+
+def _unusable_file(error: Exception) -> str:
+    if isinstance(error, OSError):
+        return f"cannot read ({error.strerror})"
+    if isinstance(error, json.JSONDecodeError):
+        return f"not valid JSON ({error})"
+    return str(error)

@@ -24,7 +24,7 @@ from typing import TextIO
 import redis
 
 from marginwatch.base.exits import EXIT_OK
-from marginwatch.base.settings import Settings
+from marginwatch.base.settings import Settings, redis_url
 from marginwatch.cli.book_generator import generate_accounts
 from marginwatch.cli.embedded_redis import start_redis_server
 from marginwatch.cli.status import overview
@@ -42,7 +42,7 @@ CLEAR_SCREEN = "\x1b[2J\x1b[H"
 def demo_redis(settings: Settings, out: TextIO) -> Iterator[str]:
     """The configured Redis, or a private server for the demo's lifetime."""
     if settings.redis_url:
-        yield settings.redis_url
+        yield redis_url(settings)
         return
     server = start_redis_server()
     out.write(f"started a private redis-server at {server.url}\n")

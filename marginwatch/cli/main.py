@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from typing import TextIO
 
-from marginwatch.base.exits import EXIT_INVALID_INPUT, EXIT_OK
+from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.report import ReportModel, render_report
+from marginwatch.base.settings import Settings, read_settings
 from marginwatch.base.snapshot import SnapshotError, SnapshotModel, parse_snapshot
+from marginwatch.cli.errors import InputError, report
 from marginwatch.engine.brackets import BracketTableError, load_bracket_file
 from marginwatch.engine.exact import evaluate_account
 from marginwatch.engine.types import (
@@ -28,10 +30,8 @@ DISTRIBUTION = "marginwatch"
 # The demo's defaults (``marginwatch.cli.demo`` imports Redis: not loaded for ``evaluate``).
 DEMO_ACCOUNTS = 2_000
 DEMO_METRICS_PORT_BASE = 9101
-
-
-class InputError(Exception):
-    """Invalid user input: reported as one line on stderr with exit status 2."""
+# The commands that read no setting and never talk to Redis.
+LOCAL_COMMANDS = ("evaluate", "schema")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,27 +125,38 @@ def run_schema(args: argparse.Namespace, stdout: TextIO) -> None:
     stdout.write(json.dumps(model.model_json_schema(), indent=2) + "\n")
 
 
-def _run_service(args: argparse.Namespace) -> int:
-    """The commands that talk to Redis; imported here to keep ``evaluate`` light."""
+def _run_local(args: argparse.Namespace) -> int:
+    """``evaluate`` and ``schema``: no settings, no Redis."""
+    if args.command == "evaluate":
+        run_evaluate(args, sys.stdin, sys.stdout)
+    else:
+        run_schema(args, sys.stdout)
+    return EXIT_OK
+
+
+def _run_service(args: argparse.Namespace, settings: Settings) -> int:
+    """The other commands; imported here to keep ``evaluate`` light."""
     from marginwatch.cli.services import run  # noqa: PLC0415 (Redis and Celery only when needed)
 
-    return run(args, sys.stdin, sys.stdout)
+    return run(args, settings, sys.stdin, sys.stdout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit status."""
+    """Entry point of the console script; returns the exit status. An error a user can cause
+    is one line on stderr (``marginwatch.cli.errors``), never a traceback."""
     args = _parser().parse_args(argv)
+    settings: Settings | None = None
     try:
-        if args.command == "evaluate":
-            run_evaluate(args, sys.stdin, sys.stdout)
-        elif args.command == "schema":
-            run_schema(args, sys.stdout)
-        else:
-            return _run_service(args)
-    except InputError as error:
-        print(f"marginwatch: {error}", file=sys.stderr)
-        return EXIT_INVALID_INPUT
-    return EXIT_OK
+        if args.command in LOCAL_COMMANDS:
+            return _run_local(args)
+        settings = read_settings()
+        return _run_service(args, settings)
+    except Exception as error:  # reported when a user can fix it, otherwise raised again
+        found = report(error, settings.redis_url if settings else None)
+        if found is None:
+            raise
+        print(f"marginwatch: {found.line}", file=sys.stderr)
+        return found.status
 
 
 if __name__ == "__main__":

@@ -1,37 +1,24 @@
-"""The commands that talk to Redis: ``accounts load``, ``worker``, ``executor``, ``producer``,
-``status`` and ``demo``. Settings are read here, once per command."""
+"""The commands that read settings: ``accounts load``, ``worker``, ``executor``, ``producer``,
+``status``, ``migrate`` and ``demo``, given the settings ``marginwatch.cli.main`` read once.
+Errors are reported there."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import TextIO
 
 import redis
 
-from marginwatch.base.exits import EXIT_INVALID_INPUT, EXIT_OK
+from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.partitions import parse_partitions
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
-from marginwatch.base.snapshot import SnapshotError, parse_snapshot
-from marginwatch.state.accounts import (
-    PartitionCountMismatchError,
-    ensure_partition_count,
-    store_accounts,
-)
+from marginwatch.base.snapshot import parse_snapshot
+from marginwatch.state.accounts import ensure_partition_count, store_accounts
 
 
-def run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    """Run one service command; configuration problems exit 2 with one line on stderr."""
-    settings = Settings()
-    try:
-        return _dispatch(args, settings, stdin, stdout)
-    except (ConfigurationError, PartitionCountMismatchError, SnapshotError) as error:
-        print(f"marginwatch: {error}", file=sys.stderr)
-        return EXIT_INVALID_INPUT
-
-
-def _dispatch(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
-    """Each daemon's package is imported only by its own command (hence the local imports)."""
+def run(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
+    """Run one command with ``settings``. Each daemon's package is imported only by its own
+    command (hence the local imports)."""
     command = args.command
     if command == "accounts":
         return load_accounts(settings, args.snapshot, stdin, stdout)

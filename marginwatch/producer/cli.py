@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from marginwatch.base.exits import EXIT_INVALID_INPUT, EXIT_UNAVAILABLE
+from marginwatch.base.exits import EXIT_OK
 
 if TYPE_CHECKING:
     from marginwatch.base.settings import Settings
@@ -64,25 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings, known_symbols: set[str]) -> int:
-    """Run the producer until ``--duration``, the source's end, SIGINT or SIGTERM; exit status."""
-    from marginwatch.producer.run import SourceArgumentError, build_source  # noqa: PLC0415 (see module doc)
+    """Run the producer until ``--duration``, the source's end, SIGINT or SIGTERM; exit status.
+    Bad options or settings raise ``ConfigurationError``; an unreachable Redis, Redis' error."""
+    from marginwatch.base.settings import ConfigurationError, redis_url  # noqa: PLC0415 (see module doc)
+    from marginwatch.producer.run import SourceArgumentError, build_source  # noqa: PLC0415
 
-    if not settings.redis_url:
-        return _fail("MARGINWATCH_REDIS_URL is not set", EXIT_INVALID_INPUT)
+    url = redis_url(settings)
     try:
         source = build_source(args, known_symbols)
     except SourceArgumentError as error:
-        return _fail(str(error), EXIT_INVALID_INPUT)
+        raise ConfigurationError(str(error)) from None
     validator = _validator(known_symbols, args.max_jump_ratio or settings.max_jump_ratio)
-    try:
-        with _metrics_served(settings.metrics_port) as stats:
-            return _run_source(settings.redis_url, source, validator, args.duration, stats)
-    except MetricsPortError as error:
-        return _fail(str(error), EXIT_INVALID_INPUT)
-
-
-class MetricsPortError(RuntimeError):
-    """The metrics port cannot be listened on; the message says why."""
+    with _metrics_served(settings.metrics_port) as stats:
+        return _run_source(url, source, validator, args.duration, stats)
 
 
 @contextmanager
@@ -91,6 +85,7 @@ def _metrics_served(port: int | None) -> Iterator[ProducerStats]:
     from prometheus_client import CollectorRegistry  # noqa: PLC0415 (see module doc)
 
     from marginwatch.base.metrics import ProducerMetrics, metrics_url, serve_metrics  # noqa: PLC0415
+    from marginwatch.base.settings import ConfigurationError, env_name  # noqa: PLC0415
     from marginwatch.producer.run import ProducerStats  # noqa: PLC0415
     from marginwatch.producer.validation import REJECT_REASONS  # noqa: PLC0415
 
@@ -99,8 +94,8 @@ def _metrics_served(port: int | None) -> Iterator[ProducerStats]:
     try:
         server = serve_metrics(registry, port)
     except OSError as error:
-        raise MetricsPortError(
-            f"MARGINWATCH_METRICS_PORT={port}: cannot listen ({error.strerror})"
+        raise ConfigurationError(
+            f"{env_name('metrics_port')}={port}: cannot listen ({error.strerror})"
         ) from None
     if server is None:
         yield stats
@@ -127,7 +122,7 @@ def _run_source(
     duration_seconds: float | None,
     stats: ProducerStats,
 ) -> int:
-    """Connect, run, print a summary line; an unreachable Redis exits 1."""
+    """Connect, run, print a summary line; an unreachable Redis raises Redis' error."""
     import redis  # noqa: PLC0415 (see module doc)
 
     from marginwatch.producer.publisher import Publisher  # noqa: PLC0415
@@ -147,12 +142,10 @@ def _run_source(
                 duration_seconds=duration_seconds,
                 stats=stats,
             )
-    except redis.ConnectionError as error:
-        return _fail(f"cannot reach Redis: {error}", EXIT_UNAVAILABLE)
     finally:
         client.close()
     print(f"marginwatch: {stats.summary()}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 @contextmanager
@@ -173,12 +166,6 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for number, old_handler in previous.items():
             signal.signal(number, old_handler)
-
-
-def _fail(message: str, status: int) -> int:
-    """Print ``message`` as one line on stderr; return ``status``."""
-    print(f"marginwatch: {message}", file=sys.stderr)
-    return status
 
 
 def symbols_argument(text: str) -> int | list[str]:

@@ -23,7 +23,13 @@ from prometheus_client import CollectorRegistry
 
 from marginwatch.base import crash
 from marginwatch.base.metrics import metrics_url, serve_metrics
-from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
+from marginwatch.base.settings import (
+    ConfigurationError,
+    Settings,
+    bracket_tables,
+    env_name,
+    redis_url,
+)
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.runtime.celery_app import make_celery
 from marginwatch.state.accounts import ensure_partition_count
@@ -62,7 +68,7 @@ def metrics_served(settings: Settings, registry: CollectorRegistry) -> Iterator[
         server = serve_metrics(registry, settings.metrics_port)
     except OSError as error:
         raise ConfigurationError(
-            f"MARGINWATCH_METRICS_PORT={settings.metrics_port}: cannot listen ({error.strerror})"
+            f"{env_name('metrics_port')}={settings.metrics_port}: cannot listen ({error.strerror})"
         ) from None
     if server is None:
         yield None

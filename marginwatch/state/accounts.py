@@ -19,6 +19,7 @@ from redis.client import Pipeline
 
 from marginwatch.base import keys
 from marginwatch.base.partitions import partition_of
+from marginwatch.base.settings import ConfigurationError
 from marginwatch.base.snapshot import AccountModel
 from marginwatch.engine.types import Account
 from marginwatch.state.bad_records import BadRecords
@@ -30,7 +31,7 @@ READ_CHUNK = 2_000
 T = TypeVar("T")
 
 
-class PartitionCountMismatchError(RuntimeError):
+class PartitionCountMismatchError(ConfigurationError):
     """This deployment records another partition count than the one configured."""
 
 
