@@ -11,6 +11,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from marginwatch.base import crash
+from marginwatch.base.redaction import REDACTED, redact_url
 from marginwatch.engine.brackets import (
     BracketTable,
     BracketTableError,
@@ -124,6 +125,22 @@ def _explain(error: Any) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     shown = field not in SECRET_FIELDS | URL_FIELDS and isinstance(error.get("input"), str)
     return f"{where}: {message}" + (f" (got {error['input']!r})" if shown else "")
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """Every setting by its environment variable, as JSON values, secrets redacted."""
+    values = settings.model_dump(mode="json")
+    return {env_name(field): _redact(field, value) for field, value in values.items()}
+
+
+def _redact(field: str, value: Any) -> Any:
+    if field in SECRET_FIELDS:
+        return REDACTED if value else value
+    if field in URL_FIELDS and isinstance(value, list):
+        return [redact_url(url) for url in value]
+    if field in URL_FIELDS and isinstance(value, str):
+        return redact_url(value)
+    return value
 
 
 def redis_url(settings: Settings) -> str:

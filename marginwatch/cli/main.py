@@ -13,6 +13,7 @@ from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.report import ReportModel, render_report
 from marginwatch.base.settings import Settings, read_settings
 from marginwatch.base.snapshot import SnapshotError, SnapshotModel, parse_snapshot
+from marginwatch.cli.config import print_config
 from marginwatch.cli.errors import InputError, report
 from marginwatch.engine.brackets import BracketTableError, load_bracket_file
 from marginwatch.engine.exact import evaluate_account
@@ -70,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "migrate", help="move the keys of the layout without partition tags (daemons stopped)"
     )
+    config = commands.add_parser("config", help="print the settings in force, secrets redacted")
+    config.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     demo = commands.add_parser("demo", help="run the whole system on this machine")
     demo.add_argument("--accounts", type=int, default=DEMO_ACCOUNTS)
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
@@ -135,7 +138,9 @@ def _run_local(args: argparse.Namespace) -> int:
 
 
 def _run_service(args: argparse.Namespace, settings: Settings) -> int:
-    """The other commands; imported here to keep ``evaluate`` light."""
+    """The commands that read settings; imported here to keep ``evaluate`` light."""
+    if args.command == "config":
+        return print_config(settings, sys.stdout, as_json=args.json)
     from marginwatch.cli.services import run  # noqa: PLC0415 (Redis and Celery only when needed)
 
     return run(args, settings, sys.stdin, sys.stdout)
