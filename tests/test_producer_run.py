@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import subprocess
 import sys
 import time
@@ -156,16 +157,17 @@ def test_cli_runs_a_replay_and_prints_a_summary(
     redis_server: RedisServer,
     redis_client: redis.Redis,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """``producer --source replay`` publishes the file and reports counts on stderr."""
+    """``producer --source replay`` publishes the file and logs the counts."""
     path = tmp_path / "ticks.csv"
     path.write_text(f"symbol,event_time,mark_price\nBTCUSDT,{T0},100\nBTCUSDT,{T0 + 1},150\n")
     args = parse(
         "--source", "replay", "--file", str(path), "--speed", "0", "--max-jump-ratio", "0.2"
     )
-    assert cli.run(args, settings_for(redis_server), KNOWN) == 0
-    assert capsys.readouterr().err == "marginwatch: published 1 ticks; rejects: jump 1\n"
+    with caplog.at_level(logging.INFO, logger=cli.logger.name):
+        assert cli.run(args, settings_for(redis_server), KNOWN) == 0
+    assert caplog.messages[-1] == "published 1 ticks; rejects: jump 1"
     assert redis_client.hlen(keys.PRICES) == 1
 
 

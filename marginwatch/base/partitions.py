@@ -9,6 +9,7 @@ share of the insurance fund live under its partition's Redis Cluster hash tag ``
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable
 
 from marginwatch.base.settings import ConfigurationError
 
@@ -34,3 +35,14 @@ def parse_partitions(spec: str, partition_count: int) -> list[int]:
             f"(MARGINWATCH_PARTITIONS={partition_count})"
         )
     return sorted(chosen)
+
+
+def format_partitions(partitions: Iterable[int]) -> str:
+    """``[0, 1, 2, 3, 6]`` as ``"0-3,6"`` (what ``parse_partitions`` reads); ``""`` for none."""
+    spans: list[list[int]] = []
+    for number in sorted(set(partitions)):
+        if spans and number == spans[-1][-1] + 1:
+            spans[-1].append(number)
+        else:
+            spans.append([number])
+    return ",".join(f"{s[0]}-{s[-1]}" if len(s) > 1 else str(s[0]) for s in spans)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -30,6 +30,7 @@ ENV_PREFIX = "MARGINWATCH_"
 SECRET_FIELDS = frozenset({"webhook_secret"})
 URL_FIELDS = frozenset({"redis_url", "webhook_urls"})
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # pydantic-settings names the field of a value it cannot decode (a JSON setting) only here.
 _UNDECODABLE_FIELD = re.compile(r'field "(\w+)"')
 
@@ -78,6 +79,15 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int | None = Field(
         None, ge=1, description="redeliver an unacknowledged task after this; unset: limit + 300"
     )
+    log_format: Literal["text", "json"] = Field("text", description="daemons' log lines")
+    log_level: str = Field("INFO", description="the daemons' level; --loglevel overrides it")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("crash_at")
     @classmethod

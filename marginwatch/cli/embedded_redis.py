@@ -42,11 +42,13 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
     directory: Path
+    password: str | None = field(default=None, repr=False)
     _closed: bool = field(default=False, repr=False)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        secret = f":{self.password}@" if self.password else ""
+        return f"redis://{secret}127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
         if self._closed:
@@ -62,10 +64,14 @@ class RedisServer:
 
 
 def start_redis_server(
-    start_timeout_seconds: float = 10.0, extra_args: Sequence[str] = (), port: int | None = None
+    start_timeout_seconds: float = 10.0,
+    extra_args: Sequence[str] = (),
+    port: int | None = None,
+    password: str | None = None,
 ) -> RedisServer:
-    """Start ``redis-server`` on ``port`` (default: a free loopback port), without persistence
-    (``extra_args`` added, e.g. ``--cluster-enabled yes``), and wait for PING."""
+    """Start ``redis-server`` on ``port`` (default: a free loopback port), without persistence,
+    requiring ``password`` if given (``extra_args`` added, e.g. ``--cluster-enabled yes``), and
+    wait for PING."""
     directory = Path(tempfile.mkdtemp(prefix="marginwatch-redis-"))
     port = free_port() if port is None else port
     command = [
@@ -82,10 +88,11 @@ def start_redis_server(
         str(directory),
         "--logfile",
         str(directory / "redis.log"),
+        *(["--requirepass", password] if password else []),
         *extra_args,
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(port, process, directory)
+    server = RedisServer(port, process, directory, password)
     deadline = time.monotonic() + start_timeout_seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:

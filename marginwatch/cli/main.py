@@ -7,11 +7,11 @@ import json
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
-from typing import TextIO
+from typing import Any, TextIO
 
 from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.report import ReportModel, render_report
-from marginwatch.base.settings import Settings, read_settings
+from marginwatch.base.settings import LOG_LEVELS, Settings, read_settings
 from marginwatch.base.snapshot import SnapshotError, SnapshotModel, parse_snapshot
 from marginwatch.cli.config import print_config
 from marginwatch.cli.errors import InputError, report
@@ -31,6 +31,12 @@ DISTRIBUTION = "marginwatch"
 # The demo's defaults (``marginwatch.cli.demo`` imports Redis: not loaded for ``evaluate``).
 DEMO_ACCOUNTS = 2_000
 DEMO_METRICS_PORT_BASE = 9101
+# A daemon's --loglevel: overrides MARGINWATCH_LOG_LEVEL.
+LOGLEVEL_OPTION: dict[str, Any] = {
+    "type": str.upper,
+    "choices": LOG_LEVELS,
+    "help": "default: MARGINWATCH_LOG_LEVEL",
+}
 # The commands that read no setting and never talk to Redis.
 LOCAL_COMMANDS = ("evaluate", "schema")
 
@@ -55,10 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("snapshot", help="snapshot JSON file, or - for stdin")
     worker = commands.add_parser("worker", help="run a partition worker")
     worker.add_argument("--partitions", required=True, help='e.g. "0-7" or "0,2,4"')
-    worker.add_argument("--loglevel", default="INFO")
+    worker.add_argument("--loglevel", **LOGLEVEL_OPTION)
     executor = commands.add_parser("executor", help="run the action executor")
     executor.add_argument("--partitions", help='the partitions served, e.g. "0-7" (default: all)')
-    executor.add_argument("--loglevel", default="INFO")
+    executor.add_argument("--loglevel", **LOGLEVEL_OPTION)
     executor.add_argument(
         "--queues",
         default="actions,webhooks",

@@ -13,6 +13,7 @@ from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.partitions import parse_partitions
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
 from marginwatch.base.snapshot import parse_snapshot
+from marginwatch.cli.logs import configure_logging
 from marginwatch.state.accounts import ensure_partition_count, store_accounts
 
 
@@ -25,17 +26,21 @@ def run(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: Tex
     if command == "worker":
         from marginwatch.worker.daemon import run_worker  # noqa: PLC0415 (only this command)
 
-        run_worker(settings, args.partitions, args.loglevel)
+        partitions = parse_partitions(args.partitions, settings.partitions)
+        configure_logging(settings, "worker", partitions, args.loglevel)
+        run_worker(settings, args.partitions)
     elif command == "executor":
         from marginwatch.executor.daemon import parse_roles, run_executor  # noqa: PLC0415 (only this command)
 
         served = parse_partitions(
             args.partitions or f"0-{settings.partitions - 1}", settings.partitions
         )
-        run_executor(settings, parse_roles(args.queues), served, args.loglevel)
+        configure_logging(settings, "executor", served, args.loglevel)
+        run_executor(settings, parse_roles(args.queues), served)
     elif command == "producer":
         from marginwatch.producer.cli import run as run_producer  # noqa: PLC0415 (only this command)
 
+        configure_logging(settings, "producer")
         return run_producer(args, settings, set(bracket_tables(settings)))
     elif command == "migrate":
         return migrate_keys(settings, stdout)

@@ -70,9 +70,7 @@ def _executor_metrics(
     return metrics
 
 
-def run_executor(
-    settings: Settings, roles: Sequence[str], partitions: Sequence[int], loglevel: str = "INFO"
-) -> None:
+def run_executor(settings: Settings, roles: Sequence[str], partitions: Sequence[int]) -> None:
     """Execute the partitions' actions until stopped; with them, apply their account events."""
     if (
         settings.webhook_urls
@@ -83,7 +81,7 @@ def run_executor(
             "MARGINWATCH_WEBHOOK_SECRET is empty while MARGINWATCH_WEBHOOK_URLS is set: set a "
             "secret (receivers verify the signature), or MARGINWATCH_WEBHOOK_ALLOW_UNSIGNED=true"
         )
-    base = connect(settings, loglevel)
+    base = connect(settings)
     consume_in_listed_order(base.app)
     registry = CollectorRegistry()
     metrics = _executor_metrics(settings, roles, partitions, registry, sorted(base.tables))
@@ -114,4 +112,4 @@ def run_executor(
             return
         helpers = [apply_events, *([deliver] if "webhooks" in roles else [])]
         queues = executor_queues(partitions)
-        with_threads(helpers, lambda: run_celery(runtime.app, queues, name, loglevel))
+        with_threads(helpers, lambda: run_celery(runtime.app, queues, name, settings))

@@ -16,6 +16,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from marginwatch.base.redaction import redact_url
+
 SIGNATURE_HEADER = "X-Marginwatch-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
 TIMEOUT_SECONDS = 5.0
@@ -68,7 +70,7 @@ def deliver(url: str, body: bytes, secret: str, now: float) -> int:
         with _OPENER.open(request, timeout=TIMEOUT_SECONDS) as response:
             status = int(response.status)
     except OSError as error:  # HTTPError (3xx, 4xx, 5xx) and URLError included
-        raise WebhookDeliveryError(f"{url}: {error}") from error
+        raise WebhookDeliveryError(f"{redact_url(url)}: {error}") from error
     if not 200 <= status < 300:
-        raise WebhookDeliveryError(f"{url}: answered {status}")
+        raise WebhookDeliveryError(f"{redact_url(url)}: answered {status}")
     return status

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
+from marginwatch.base.redaction import redact_url
 from marginwatch.producer.ticks import Batch, Malformed, RawTick, Source, SourceItem
 
 DEFAULT_URL = "wss://fstream.binance.com/ws/!markPrice@arr@1s"
@@ -68,16 +69,17 @@ async def connection_batches(
     url: str, policy: ReconnectPolicy, connection: int
 ) -> AsyncGenerator[Batch, None]:
     """The batches of one connection; it ends (logged) when the connection fails or closes."""
+    shown = redact_url(url)
     try:
         async with connect(
             url, open_timeout=policy.open_timeout_seconds, max_size=MAX_FRAME_BYTES
         ) as websocket:
-            logger.info("connected to %s (connection %d)", url, connection)
+            logger.info("connected to %s (connection %d)", shown, connection)
             async for frame in websocket:
                 yield parse_frame(frame, f"connection {connection}")
-        logger.warning("%s closed the connection", url)
+        logger.warning("%s closed the connection", shown)
     except (OSError, TimeoutError, WebSocketException) as error:
-        logger.warning("connection to %s failed: %s", url, error or type(error).__name__)
+        logger.warning("connection to %s failed: %s", shown, error or type(error).__name__)
 
 
 def parse_frame(frame: str | bytes, origin: str) -> Batch:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,7 +99,7 @@ def _metrics_served(port: int | None) -> Iterator[ProducerStats]:
     if server is None:
         yield stats
         return
-    print(f"marginwatch: serving metrics on {metrics_url(server)}", file=sys.stderr)
+    logger.info("serving metrics on %s", metrics_url(server))
     try:
         yield stats
     finally:
@@ -122,9 +121,10 @@ def _run_source(
     duration_seconds: float | None,
     stats: ProducerStats,
 ) -> int:
-    """Connect, run, print a summary line; an unreachable Redis raises Redis' error."""
+    """Connect, run, log a summary line; an unreachable Redis raises Redis' error."""
     import redis  # noqa: PLC0415 (see module doc)
 
+    from marginwatch.base.redaction import redact_url  # noqa: PLC0415
     from marginwatch.producer.publisher import Publisher  # noqa: PLC0415
     from marginwatch.producer.run import run_producer  # noqa: PLC0415
 
@@ -132,6 +132,8 @@ def _run_source(
     client = redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     stop = threading.Event()
     try:
+        client.ping()  # before the first line is logged: Redis unreachable is one line alone
+        logger.info("publishing to Redis at %s", redact_url(redis_url))
         with _stop_on_signals(stop):
             stats = run_producer(
                 client,
@@ -144,7 +146,7 @@ def _run_source(
             )
     finally:
         client.close()
-    print(f"marginwatch: {stats.summary()}", file=sys.stderr)
+    logger.info("%s", stats.summary())
     return EXIT_OK
 
 

@@ -16,13 +16,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from celery import Celery
+from celery.signals import setup_logging
 from prometheus_client import CollectorRegistry
 
 from marginwatch.base import crash
 from marginwatch.base.metrics import metrics_url, serve_metrics
+from marginwatch.base.redaction import redact_url
 from marginwatch.base.settings import (
     ConfigurationError,
     Settings,
@@ -49,16 +52,22 @@ class Runtime:
     app: Celery
 
 
-def connect(settings: Settings, loglevel: str) -> Runtime:
-    """Redis (checked for the deployment's P), the Celery app (its logging set up now, so
-    start-up lines are logged) and the bracket tables."""
+def connect(settings: Settings) -> Runtime:
+    """Redis (checked for the deployment's P), the Celery app (which leaves the daemon's logging
+    as configured) and the bracket tables."""
     crash.arm(settings.crash_at)
     url = redis_url(settings)
     client = redis.Redis.from_url(url)
     ensure_partition_count(client, settings.partitions)
-    app = make_celery(settings, url)
-    app.log.setup_logging_subsystem(loglevel=loglevel)
-    return Runtime(settings, client, bracket_tables(settings), app)
+    tables = bracket_tables(settings)
+    log.info("Redis at %s, %d partitions", redact_url(url), settings.partitions)
+    setup_logging.connect(_logging_configured, weak=False)
+    return Runtime(settings, client, tables, make_celery(settings, url))
+
+
+def _logging_configured(**_signal: Any) -> None:
+    """Celery's ``setup_logging`` receiver: with one connected, a starting Celery worker neither
+    configures the root logger nor sets its level nor redirects stdout and stderr."""
 
 
 @contextmanager
@@ -82,10 +91,12 @@ def metrics_served(settings: Settings, registry: CollectorRegistry) -> Iterator[
         server.server_close()
 
 
-def run_celery(app: Celery, queues: Sequence[str], name: str, loglevel: str) -> None:
-    """Consume ``queues`` with the solo pool until stopped."""
+def run_celery(app: Celery, queues: Sequence[str], name: str, settings: Settings) -> None:
+    """Consume ``queues`` with the solo pool until stopped; no start-up banner on stdout when
+    the log lines are JSON."""
+    quiet = ["--quiet"] if settings.log_format == "json" else []  # an option of "celery"
     app.worker_main(
-        ["worker", "--pool=solo", "--concurrency=1", f"--loglevel={loglevel}",
+        [*quiet, "worker", "--pool=solo", "--concurrency=1",
          "-Q", ",".join(queues), "-n", f"{name}@{socket.gethostname()}",
          "--without-gossip", "--without-mingle", "--without-heartbeat"]
     )  # fmt: skip

@@ -17,10 +17,10 @@ from marginwatch.worker.dispatch import Dispatcher
 from marginwatch.worker.tasks import WorkerRuntime, register_tasks
 
 
-def run_worker(settings: Settings, partition_spec: str, loglevel: str = "INFO") -> None:
+def run_worker(settings: Settings, partition_spec: str) -> None:
     """Evaluate ``partition_spec``'s partitions until stopped."""
     partitions = parse_partitions(partition_spec, settings.partitions)
-    base = connect(settings, loglevel)
+    base = connect(settings)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
     runtime = WorkerRuntime(base.settings, base.client, base.tables, base.app, metrics=metrics)
@@ -40,4 +40,4 @@ def run_worker(settings: Settings, partition_spec: str, loglevel: str = "INFO") 
     queues = [partition_queue(p) for p in partitions]
     name = f"partitions-{partition_spec.replace(',', '_')}"
     with metrics_served(settings, registry):
-        with_threads([dispatch], lambda: run_celery(runtime.app, queues, name, loglevel))
+        with_threads([dispatch], lambda: run_celery(runtime.app, queues, name, settings))
