@@ -2,8 +2,10 @@
 panels laid out on a grid, variables and the dashboard envelope. Each dashboard is a module of
 its own (``risk``, ``pipeline``); metric names come from ``marginwatch.base.metrics``.
 
-Every panel and variable queries the Prometheus datasource with uid ``prometheus`` (provisioned
-by docker-compose). docs/operations.md describes every panel.
+Every panel, target and query variable names the datasource by the variable ``datasource``
+(any Prometheus of the Grafana it is imported into: the import form asks for ``DS_PROMETHEUS``,
+the variable's first value), and every series selector is narrowed to the variables ``job`` and
+``instance``. docs/operations.md describes every panel.
 """
 
 from __future__ import annotations
@@ -16,7 +18,18 @@ from marginwatch.base import metrics
 
 Json = dict[str, Any]
 
-DATASOURCE: Json = {"type": "prometheus", "uid": "prometheus"}
+DATASOURCE_VARIABLE = "datasource"
+DATASOURCE: Json = {"type": "prometheus", "uid": f"${{{DATASOURCE_VARIABLE}}}"}
+# The import form's input: Grafana replaces "${DS_PROMETHEUS}" with the datasource chosen.
+DATASOURCE_INPUT_NAME = "DS_PROMETHEUS"
+DATASOURCE_INPUT: Json = {
+    "name": DATASOURCE_INPUT_NAME,
+    "label": "Prometheus",
+    "description": "The Prometheus that scrapes the marginwatch daemons",
+    "type": "datasource",
+    "pluginId": "prometheus",
+    "pluginName": "Prometheus",
+}
 GRID_WIDTH = 24
 SCHEMA_VERSION = 39
 TAG = "marginwatch"
@@ -26,9 +39,22 @@ STATUS_COLORS = {"ok": "green", "warning": "yellow", "margin_call": "orange", "l
 BANDS = metrics.LIQUIDATION_BANDS
 PARTITION = 'partition=~"$partition"'
 SYMBOL = 'symbol=~"$symbol"'
-WORKER_UP = 'up{job="marginwatch-worker"}'
-SERVICES_UP = 'up{job=~"marginwatch-producer|marginwatch-executor"}'
-RATIO_BUCKETS = f"sum by (le) ({metrics.CROSS_MARGIN_RATIO}_bucket)"
+# Every series selector: the scrape jobs and instances chosen (all by default).
+JOB = 'job=~"$job"'
+SCOPE = f'{JOB}, instance=~"$instance"'
+# Any series every daemon exports (the variables job and instance list its labels).
+EVERY_DAEMON = metrics.REDIS_ERRORS
+
+
+def series(metric: str, *matchers: str) -> str:
+    """``metric{matchers..., job=~"$job", instance=~"$instance"}`` (empty matchers dropped)."""
+    return f"{metric}{{{', '.join([*filter(None, matchers), SCOPE])}}}"
+
+
+# The scrape jobs of deploy/prometheus/prometheus.yml name the workers, producer and executor.
+WORKER_UP = series("up", 'job="marginwatch-worker"')
+SERVICES_UP = series("up", 'job=~"marginwatch-producer|marginwatch-executor"')
+RATIO_BUCKETS = f"sum by (le) ({series(metrics.CROSS_MARGIN_RATIO + '_bucket')})"
 
 
 # Queries --------------------------------------------------------------------------------------
@@ -57,8 +83,7 @@ def now(expr: str, legend: str = "", fmt: str = "time_series") -> Query:
 def rate_by(metric: str, by: str, selector: str = "", scale: str = "") -> str:
     """``sum by (by) (rate(metric{selector}[$__rate_interval]))``, times ``scale`` if given."""
     grouping = f" by ({by}) " if by else ""
-    matchers = f"{{{selector}}}" if selector else ""
-    expr = f"sum{grouping}(rate({metric}{matchers}[{RATE_INTERVAL}]))"
+    expr = f"sum{grouping}(rate({series(metric, selector)}[{RATE_INTERVAL}]))"
     return f"{expr} * {scale}" if scale else expr
 
 
@@ -72,18 +97,18 @@ def quantiles(metric: str, by: str, selector: str, legend: str) -> list[Query]:
 
 def pools_in(margin_mode: str) -> list[Query]:
     """One instant query per status, in status order, 0 when no pool has it."""
-    selector = f'margin_mode="{margin_mode}"'
-    return [
-        now(f'sum({metrics.POOLS}{{{selector}, status="{status}"}}) or vector(0)', status)
-        for status in STATUS_COLORS
-    ]
+    mode = f'margin_mode="{margin_mode}"'
+    selectors = {
+        status: series(metrics.POOLS, mode, f'status="{status}"') for status in STATUS_COLORS
+    }
+    return [now(f"sum({selector}) or vector(0)", status) for status, selector in selectors.items()]
 
 
 def liquidation_map(bands: Sequence[str], by: str = "") -> str:
     """Notional within ``bands`` of adverse move over the selected symbols, summed ``by``."""
     grouping = f" by ({by}) " if by else ""
-    selector = f'{SYMBOL}, band=~"{"|".join(bands)}"'
-    return f"sum{grouping}({metrics.LIQUIDATION_MAP}{{{selector}}})"
+    within = f'band=~"{"|".join(bands)}"'
+    return f"sum{grouping}({series(metrics.LIQUIDATION_MAP, SYMBOL, within)})"
 
 
 # Field configuration --------------------------------------------------------------------------
@@ -370,9 +395,37 @@ class Grid:
         self.x, self.line_height = 0, 0
 
 
-def variable(name: str, metric: str) -> Json:
-    """A multi-value variable over the values of label ``name`` of ``metric`` (All: ``.*``)."""
-    query = f"label_values({metric}, {name})"
+def datasource_variable() -> Json:
+    """The Prometheus datasource every query uses: the import form's choice, else the first."""
+    return {
+        "type": "datasource",
+        "name": DATASOURCE_VARIABLE,
+        "label": "Prometheus",
+        "query": "prometheus",
+        "current": {
+            "selected": False,
+            "text": "Prometheus",
+            "value": f"${{{DATASOURCE_INPUT_NAME}}}",
+        },
+        "regex": "",
+        "refresh": 1,
+        "multi": False,
+        "includeAll": False,
+        "options": [],
+        "hide": 0,
+    }
+
+
+def scope_variables() -> list[Json]:
+    """``job`` and ``instance`` (of the jobs chosen): which daemons every query reads."""
+    return [variable("job", EVERY_DAEMON, scoped=False),
+            variable("instance", f"{EVERY_DAEMON}{{{JOB}}}", scoped=False)]  # fmt: skip
+
+
+def variable(name: str, metric: str, *, scoped: bool = True) -> Json:
+    """A multi-value variable over the values of label ``name`` of ``metric`` (All: ``.*``),
+    of the jobs and instances chosen unless not ``scoped``."""
+    query = f"label_values({series(metric) if scoped else metric}, {name})"
     return {
         "type": "query",
         "name": name,
@@ -401,12 +454,13 @@ def dashboard(
             "title": "marginwatch",
             "tags": [TAG],
             "asDropdown": False,
-            "includeVars": False,
+            "includeVars": True,
             "keepTime": True,
             "targetBlank": False,
         }
     ]
     return {
+        "__inputs": [DATASOURCE_INPUT],
         "id": None,
         "uid": uid,
         "title": title,
@@ -423,6 +477,6 @@ def dashboard(
         "timepicker": {},
         "annotations": {"list": []},
         "links": links,
-        "templating": {"list": list(variables)},
+        "templating": {"list": [datasource_variable(), *scope_variables(), *variables]},
         "panels": grid.numbered(),
     }

@@ -17,6 +17,7 @@ from dashboards.builder import (
     q,
     quantiles,
     rate_by,
+    series,
     thresholds,
     variable,
 )
@@ -50,7 +51,7 @@ def pipeline_health() -> Json:
         "Seconds since the event time of the newest tick the producer accepted.",
         (6, 5),
         "s",
-        [now(f"time() - max({metrics.PRODUCER_LAST_TICK_TIMESTAMP})", "age")],
+        [now(f"time() - max({series(metrics.PRODUCER_LAST_TICK_TIMESTAMP)})", "age")],
         thresholds((None, "green"), (10, "orange"), (30, "red")),
     )
     grid.stat(
@@ -61,7 +62,7 @@ def pipeline_health() -> Json:
         ),
         (6, 5),
         "short",
-        [now(f"max({metrics.STALE_SYMBOLS}) or vector(0)", "stale")],
+        [now(f"max({series(metrics.STALE_SYMBOLS)}) or vector(0)", "stale")],
         thresholds((None, "green"), (1, "red")),
     )
 
@@ -90,7 +91,7 @@ def pipeline_health() -> Json:
         "short",
         [
             q(
-                f"max by (partition) ({metrics.STALE_SYMBOLS}{{{PARTITION}}})",
+                f"max by (partition) ({series(metrics.STALE_SYMBOLS, PARTITION)})",
                 "partition {{partition}}",
             )
         ],
@@ -167,7 +168,7 @@ def pipeline_health() -> Json:
         "short",
         [
             q(
-                f"max by (partition) ({metrics.PARTITION_PENDING}{{{PARTITION}}})",
+                f"max by (partition) ({series(metrics.PARTITION_PENDING, PARTITION)})",
                 "partition {{partition}}",
             )
         ],
@@ -183,7 +184,8 @@ def pipeline_health() -> Json:
         "short",
         [
             q(
-                f"scalar(max({sequence})) - max by (partition) ({sequence}{{{PARTITION}}})",
+                f"scalar(max({series(sequence)})) - "
+                f"max by (partition) ({series(sequence, PARTITION)})",
                 "partition {{partition}}",
             )
         ],
@@ -210,7 +212,7 @@ def pipeline_health() -> Json:
         "s",
         [
             q(
-                f"max by (partition) ({metrics.OLDEST_DUE_LIQUIDATION}{{{PARTITION}}})",
+                f"max by (partition) ({series(metrics.OLDEST_DUE_LIQUIDATION, PARTITION)})",
                 "partition {{partition}}",
             )
         ],

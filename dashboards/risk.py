@@ -16,6 +16,7 @@ from dashboards.builder import (
     pools_in,
     q,
     rate_by,
+    series,
     thresholds,
     variable,
 )
@@ -23,7 +24,8 @@ from marginwatch.base import metrics
 
 # The fund is the sum of the partitions' ledgers, each counted once (fail-over pairs report it
 # twice).
-INSURANCE_FUND_SUM = f"sum(max by (partition) ({metrics.INSURANCE_FUND}))"
+NOT_OK = 'status!="ok"'
+INSURANCE_FUND_SUM = f"sum(max by (partition) ({series(metrics.INSURANCE_FUND)}))"
 
 
 def risk_overview() -> Json:
@@ -64,7 +66,7 @@ def risk_overview() -> Json:
         "currencyUSD",
         [
             now(
-                f"sum(increase({metrics.LIQUIDATED_NOTIONAL}[$__range])) or vector(0)",
+                f"sum(increase({series(metrics.LIQUIDATED_NOTIONAL)}[$__range])) or vector(0)",
                 "liquidated",
             )
         ],
@@ -102,7 +104,7 @@ def risk_overview() -> Json:
         "short",
         [
             q(
-                f'sum by (margin_mode, status) ({metrics.POOLS}{{status!="ok"}})',
+                f"sum by (margin_mode, status) ({series(metrics.POOLS, NOT_OK)})",
                 "{{margin_mode}} {{status}}",
             )
         ],
@@ -147,7 +149,7 @@ def risk_overview() -> Json:
         "currencyUSD",
         [
             now(
-                f"sum by (symbol, band) ({metrics.LIQUIDATION_MAP}{{{SYMBOL}}})",
+                f"sum by (symbol, band) ({series(metrics.LIQUIDATION_MAP, SYMBOL)})",
                 fmt="table",
             )
         ],
@@ -229,8 +231,8 @@ def risk_overview() -> Json:
             q(f"histogram_quantile(0.99, {RATIO_BUCKETS})", "p99"),
             q(
                 (
-                    f"sum({metrics.CROSS_MARGIN_RATIO}_gsum) / "
-                    f"sum({metrics.CROSS_MARGIN_RATIO}_gcount)"
+                    f"sum({series(metrics.CROSS_MARGIN_RATIO + '_gsum')}) / "
+                    f"sum({series(metrics.CROSS_MARGIN_RATIO + '_gcount')})"
                 ),
                 "mean",
             ),

@@ -1,6 +1,7 @@
-"""The Grafana dashboards: generated, stable, on the ``prometheus`` datasource, their PromQL valid
-and answered by series shaped like marginwatch's (``promtool``), and every metric they or the
-alert rules name defined in marginwatch/base/metrics.py."""
+"""The Grafana dashboards: generated, stable, importable into any Grafana (a datasource variable,
+the import input ``DS_PROMETHEUS``, every selector narrowed to the ``job`` and ``instance``
+variables), their PromQL valid and answered by series shaped like marginwatch's (``promtool``),
+and every metric they or the alert rules name defined in marginwatch/base/metrics.py."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ METRICS_MODULE = ROOT / "marginwatch" / "base" / "metrics.py"
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "marginwatch.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# The variables every dashboard starts with: the datasource, then the scrape job and instance.
+SCOPE_VARIABLES = ["datasource", "job", "instance"]
+SCOPE_MATCHERS = ('job=~"$job"', 'instance=~"$instance"')
 UIDS = {
     "marginwatch-risk.json": "marginwatch-risk",
     "marginwatch-pipeline.json": "marginwatch-pipeline",
@@ -90,10 +94,18 @@ LABEL_VALUES = {
 GRAFANA_VARIABLES = {
     "$__rate_interval": "5m",
     "$__range": "1h",
+    "$job": ".*",
+    "$instance": ".*",
     "$partition": ".*",
     "$symbol": ".*",
 }
 METRIC_NAME = re.compile(r"\b(marginwatch_[a-z0-9_]+)\b")
+# A series selector: a metric name (or ``up``) and its matchers, if any.
+SELECTOR = re.compile(r"\b(marginwatch_[a-z0-9_]+|up)\b(?:\{([^}]*)\})?")
+# ``label_values(metric{matchers}, label)``, a Prometheus variable's query.
+LABEL_VALUES_QUERY = re.compile(r"label_values\((\w+)(?:\{([^}]*)\})?, (\w+)\)")
+# The scrape labels of every marginwatch series in the synthetic data.
+SCRAPED_AS = 'job="marginwatch-worker", instance="worker-a:9100"'
 METRIC_LITERAL = re.compile(r"""["'](marginwatch_[a-z0-9_]+)["']""")
 
 
@@ -121,8 +133,19 @@ def queries(dashboard: dict[str, Any]) -> list[str]:
     return [target["expr"] for panel in panels(dashboard) for target in panel.get("targets", [])]
 
 
+def query_variables(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+
+
 def variable_queries(dashboard: dict[str, Any]) -> list[str]:
-    return [variable["definition"] for variable in dashboard["templating"]["list"]]
+    return [variable["definition"] for variable in query_variables(dashboard)]
+
+
+def label_values_series(match: re.Match[str]) -> str:
+    """The series a ``label_values(metric{matchers}, label)`` query lists the values of."""
+    metric, matchers, label = match.groups()
+    wanted = [matchers, f'{label}!=""']
+    return f"{metric}{{{', '.join(filter(None, wanted))}}}"
 
 
 def every_query() -> list[str]:
@@ -192,8 +215,8 @@ def test_uids_are_stable_and_unique() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(UIDS))
-def test_every_datasource_is_prometheus_by_uid(name: str) -> None:
-    """Each panel, target and variable names the datasource by uid ``prometheus``, no other."""
+def test_every_datasource_is_the_datasource_variable(name: str) -> None:
+    """Each panel, target and query variable names the datasource ``${datasource}``, no other."""
     board = dashboards()[name]
     found = [node["datasource"] for node in walk(board) if "datasource" in node]
     assert found, "no datasource at all"
@@ -204,7 +227,61 @@ def test_every_datasource_is_prometheus_by_uid(name: str) -> None:
         assert panel.get("datasource") == DATASOURCE, panel["title"]
         assert panel["targets"], panel["title"]
         assert all(target.get("datasource") == DATASOURCE for target in panel["targets"])
-    assert all(variable["datasource"] == DATASOURCE for variable in board["templating"]["list"])
+    assert all(variable["datasource"] == DATASOURCE for variable in query_variables(board))
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_the_datasource_is_a_prometheus_chosen_on_import(name: str) -> None:
+    """A ``datasource`` variable over Prometheus datasources whose value is the import input
+    ``DS_PROMETHEUS`` (Grafana's import form asks for it); provisioned as it is, Grafana takes
+    the datasource named Prometheus, else the first."""
+    board = dashboards()[name]
+    (needed,) = board["__inputs"]
+    assert needed["name"] == "DS_PROMETHEUS"
+    assert (needed["type"], needed["pluginId"]) == ("datasource", "prometheus")
+    variable = board["templating"]["list"][0]
+    assert (variable["type"], variable["name"], variable["query"]) == (
+        "datasource", "datasource", "prometheus"
+    )  # fmt: skip
+    assert variable["current"] == {"selected": False, "text": "Prometheus",
+                                   "value": "${DS_PROMETHEUS}"}  # fmt: skip
+    assert (variable["multi"], variable["includeAll"]) == (False, False)
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_job_and_instance_variables_list_the_daemons_scraped(name: str) -> None:
+    """``job``, then ``instance`` of the jobs chosen, follow the datasource: multi-value, All by
+    default, from a series every daemon exports."""
+    board = dashboards()[name]
+    assert [variable["name"] for variable in board["templating"]["list"]][:3] == SCOPE_VARIABLES
+    job, instance = board["templating"]["list"][1:3]
+    assert job["query"] == "label_values(marginwatch_redis_errors_total, job)"
+    assert (
+        instance["query"] == 'label_values(marginwatch_redis_errors_total{job=~"$job"}, instance)'
+    )
+    for variable in (job, instance):
+        assert variable["type"] == "query"
+        assert variable["definition"] == variable["query"]
+        assert (variable["multi"], variable["includeAll"], variable["allValue"]) == (
+            True,
+            True,
+            ".*",
+        )
+        assert variable["current"]["value"] == ["$__all"]
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_every_selector_is_narrowed_to_the_job_and_instance(name: str) -> None:
+    """Every series a panel or another variable reads carries ``job=~"$job"`` and
+    ``instance=~"$instance"``."""
+    board = dashboards()[name]
+    sources = queries(board)
+    sources += [v["query"] for v in query_variables(board) if v["name"] not in SCOPE_VARIABLES]
+    selectors = [match.groups() for source in sources for match in SELECTOR.finditer(source)]
+    assert selectors, "no selector at all"
+    for metric, matchers in selectors:
+        for matcher in SCOPE_MATCHERS:
+            assert matcher in (matchers or ""), f"{metric}{{{matchers}}} lacks {matcher}"
 
 
 @pytest.mark.parametrize("name", sorted(UIDS))
@@ -271,7 +348,7 @@ def synthetic_series() -> list[dict[str, str]]:
     for name, (kind, labels) in ISSUE_METRICS.items():
         for values in itertools.product(*(LABEL_VALUES[label] for label in labels)):
             matchers = [f'{label}="{value}"' for label, value in zip(labels, values, strict=True)]
-            series += _family_series(name, kind, matchers)
+            series += _family_series(name, kind, [*matchers, SCRAPED_AS])
     return series
 
 
@@ -300,7 +377,7 @@ def test_every_query_is_valid_promql_with_data(tmp_path: Path) -> None:
     exprs = sorted({substituted(expr) for expr in every_query()})
     exprs += sorted(
         {
-            re.sub(r"label_values\((\w+), (\w+)\)", r'\1{\2!=""}', query)
+            substituted(LABEL_VALUES_QUERY.sub(label_values_series, query))
             for board in dashboards().values()
             for query in variable_queries(board)
         }

@@ -156,6 +156,10 @@ def surge_threshold() -> float:
     return float(found[1])
 
 
+# ``label_values(metric{matchers}, label)``, a Prometheus variable's query.
+LABEL_VALUES = r"label_values\((\w+)(?:\{([^}]*)\})?,\s*(\w+)\)"
+
+
 @dataclass(frozen=True)
 class PanelQuery:
     """One dashboard target (or variable query), Grafana's variables substituted."""
@@ -177,10 +181,15 @@ def grafana_values(dashboard: dict[str, Any]) -> dict[str, str]:
     assert time_from.startswith("now-"), time_from
     values = {"__rate_interval": RATE_INTERVAL, "__interval": SCRAPE_INTERVAL}
     values["__range"] = time_from.removeprefix("now-")
-    for variable in dashboard["templating"]["list"]:
+    for variable in query_variables(dashboard):
         assert variable.get("includeAll"), f"variable {variable['name']} has no All"
         values[variable["name"]] = variable.get("allValue") or ".*"
     return values
+
+
+def query_variables(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """The variables that query Prometheus (not the datasource variable)."""
+    return [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
 
 
 def substituted(expr: str, values: dict[str, str]) -> str:
@@ -205,12 +214,13 @@ def dashboard_queries() -> list[PanelQuery]:
                 where = f"{board['uid']} / {panel['title']} / {target['refId']}"
                 instant = bool(target.get("instant")) and not target.get("range")
                 found.append(PanelQuery(where, substituted(target["expr"], values), instant))
-        for variable in board["templating"]["list"]:
-            label_values = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", variable["query"])
+        for variable in query_variables(board):
+            label_values = re.fullmatch(LABEL_VALUES, variable["query"])
             assert label_values, f"{board['uid']}: variable {variable['name']}: unknown query"
-            metric, label = label_values.groups()
+            metric, matchers, label = label_values.groups()
+            selector = ", ".join(filter(None, [matchers, f'{label}!=""']))
             where = f"{board['uid']} / variable {variable['name']}"
-            found.append(PanelQuery(where, f'{metric}{{{label}!=""}}', instant=True))
+            found.append(PanelQuery(where, substituted(f"{metric}{{{selector}}}", values), True))
     return found
 
 
