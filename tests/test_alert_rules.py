@@ -10,6 +10,7 @@ import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -124,12 +125,22 @@ def test_alert_has_duration_severity_and_annotations(rule: dict[str, Any]) -> No
 
 
 @pytest.mark.parametrize("rule", alert_rules(), ids=rule_id)
-def test_runbook_url_points_to_a_section_of_the_operations_doc(rule: dict[str, Any]) -> None:
-    """runbook_url is docs/operations.md#<alert name in lower case>, a heading there."""
-    url = rule["annotations"]["runbook_url"]
-    anchor = rule["alert"].lower()
-    assert url.endswith(f"docs/operations.md#{anchor}")
-    assert anchor in github_anchors(OPERATIONS.read_text(encoding="utf-8"))
+def test_runbook_url_is_absolute_and_points_to_a_section_of_the_operations_doc(
+    rule: dict[str, Any],
+) -> None:
+    """runbook_url is an absolute https URL of docs/operations.md, anchored at the alert's name
+    in lower case, a heading there (a link that works from Slack or PagerDuty)."""
+    url = urlsplit(rule["annotations"]["runbook_url"])
+    assert (url.scheme, bool(url.netloc)) == ("https", True), url.geturl()
+    assert url.path.endswith("/docs/operations.md"), url.geturl()
+    assert url.fragment == rule["alert"].lower()
+    assert url.fragment in github_anchors(OPERATIONS.read_text(encoding="utf-8"))
+
+
+def test_runbook_urls_share_one_base() -> None:
+    """Every alert's runbook URL is the same page but for its anchor: one base to replace."""
+    urls = [rule["annotations"]["runbook_url"] for rule in alert_rules()]
+    assert len({url.partition("#")[0] for url in urls}) == 1, urls
 
 
 def test_alertmanager_config_is_valid() -> None:
