@@ -13,9 +13,9 @@ from benchmarks.chaos.scenario import ChaosConfig, ChaosReport, run_chaos
 
 def parse(argv: list[str]) -> ChaosConfig:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__)
-    parser.add_argument("--per-cohort", type=int, default=150, help="accounts per cohort (7)")
+    parser.add_argument("--per-cohort", type=int, default=500, help="accounts per cohort (7)")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--random-kills", type=int, default=2, help="extra kills per level")
+    parser.add_argument("--random-kills", type=int, default=3, help="extra kills per level")
     parser.add_argument("--invalid-events", type=int, default=6_000)
     parser.add_argument("--bad-ticks", type=int, default=6_000)
     parser.add_argument("--bad-snapshots", type=int, default=3_000)
@@ -49,8 +49,11 @@ def print_report(config: ChaosConfig, report: ChaosReport) -> None:
         f"  margin calls in the liquidation's own evaluation: {sent} of {allowed} sent "
         "(the others overtaken by their liquidation)"
     )
+    for what, (count, seconds) in report.redelivery.items():
+        print(f"redelivery after {what}: {count} actions taken and not executed at the kill; "
+              f"the last executed {seconds:.2f} s after it")  # fmt: skip
     for what, seconds in report.recovery_seconds.items():
-        print(f"recovery after {what}: {seconds:.2f} s until every action of the level was done")
+        print(f"after {what}: every action of the level done {seconds:.2f} s after the kill")
     print(f"webhooks: {report.webhooks}")
     print("verdict: " + ("PASS" if not report.problems else "FAIL"))
     for problem in report.problems:

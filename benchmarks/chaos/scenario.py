@@ -8,6 +8,7 @@ levels, where actions are in flight.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.chaos import book, inputs
+from benchmarks.chaos import book, checks, inputs
 from benchmarks.chaos.checks import check
 from benchmarks.chaos.supervisor import Supervisor
 from benchmarks.chaos.world import Feed, Receiver, Redis, start_receiver
@@ -59,6 +60,7 @@ class ChaosReport:
     duplicated: Counter[str] = field(default_factory=Counter)
     optional_margin_calls: tuple[int, int] = (0, 0)  # (sent, allowed)
     recovery_seconds: dict[str, float] = field(default_factory=dict)
+    redelivery: dict[str, tuple[int, float]] = field(default_factory=dict)  # (actions, seconds)
     malformed: Counter[str] = field(default_factory=Counter)
     webhooks: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -134,6 +136,36 @@ class Run:
         before, after = self.due_by(level - 1)[kind], self.due_by(level)[kind]
         return lambda: self.counts()[kind] >= before + fraction * (after - before)
 
+    def in_flight(self) -> set[tuple[str, str, str]]:
+        """(kind, account, pool) of the actions taken by executors and not yet acknowledged
+        (the Redis transport's ``unacked`` hash; it also holds those of executors killed
+        earlier, until their visibility timeout), read just before a kill."""
+        kinds = {"marginwatch.margin_calls": "margin_call",
+                 "marginwatch.margin_call_resolved": "resolved",
+                 "marginwatch.liquidate": "liquidation"}  # fmt: skip
+        found = set()
+        for raw in self.client.hvals("unacked"):
+            message = json.loads(raw)[0]
+            task = message["headers"].get("task")
+            if task not in kinds:
+                continue
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            actions = args[0] if isinstance(args[0], list) else [args[0]]
+            found.update((kinds[task], a["account_id"], a["pool"]) for a in actions)
+        return found
+
+    def kill_in_flight(self, name: str, what: str) -> float:
+        """Kill ``name`` with actions in flight; record how long after the kill the last of
+        them was executed (by another executor, or the restarted one); when it was killed."""
+        flying = self.in_flight() - self.recorded_actions()  # not those executed already
+        killed_at = self.supervisor.kill(name)
+        self.until(lambda: flying <= self.recorded_actions(), f"{what}: the actions in flight")
+        self.report.redelivery[what] = (len(flying), time.time() - killed_at)
+        return killed_at
+
+    def recorded_actions(self) -> set[tuple[str, str, str]]:
+        return {(kind, account, pool) for account, pool, kind in checks.recorded(self)}
+
     def kill_later(self, name: str, delay: float) -> None:
         threading.Timer(delay, self.supervisor.kill, args=(name,)).start()
 
@@ -179,9 +211,10 @@ class Run:
         self.feed.interval = 0.1
         self.hold(2)
         self.until(self.some_done(2, "resolved", 0.25), "level 2: some resolutions")
-        self.supervisor.kill("executor-a")
-        self.report.recovery_seconds["executor kill, resolutions in flight"] = self.until(
-            self.level_done(2), "level 2: every resolution"
+        killed_at = self.kill_in_flight("executor-a", "executor kill, resolutions in flight")
+        self.until(self.level_done(2), "level 2: every resolution")
+        self.report.recovery_seconds["executor kill, resolutions in flight"] = (
+            time.time() - killed_at
         )
         self.feed.interval = 1.0
         self.bad_ticks()
@@ -206,9 +239,10 @@ class Run:
         self.redis.kill_and_restart()
         self.report.faults["Redis kill -9 and restart"] += 1
         self.until(self.some_done(4, "liquidation", 0.5), "level 4: liquidations after Redis")
-        self.supervisor.kill("executor-b")
-        self.report.recovery_seconds["executor kill, liquidations in flight"] = self.until(
-            self.level_done(4), "level 4: every liquidation"
+        killed_at = self.kill_in_flight("executor-b", "executor kill, liquidations in flight")
+        self.until(self.level_done(4), "level 4: every liquidation")
+        self.report.recovery_seconds["executor kill, liquidations in flight"] = (
+            time.time() - killed_at
         )
         self.until(self.webhooks_delivered, "every webhook delivered")
         self.until(self.account_events_handled, "every account event handled")

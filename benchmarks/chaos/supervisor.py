@@ -73,7 +73,9 @@ class Supervisor:
         if status is None:
             return
         if daemon.killed:
-            self.faults[f"kill -9 {daemon.name.rstrip('0123456789-ab')}"] += 1
+            self.faults[f"kill -9 {daemon.name.split('-')[0]}"] += 1
+            if daemon.armed:  # killed before reaching its crash point: armed again
+                daemon.crash_points.insert(0, daemon.armed)
         elif daemon.armed and status == EXIT_STATUS:
             self.faults[f"crash point {daemon.armed}"] += 1
         else:

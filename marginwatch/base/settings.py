@@ -44,7 +44,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    redis_url: str | None = Field(None, description="Redis URL; unset: the demo starts its own")
+    redis_url: str | None = Field(
+        None, description="the state: a Redis URL, or a Redis Cluster's nodes comma-separated"
+    )
+    broker_url: str | None = Field(
+        None, description="Celery's broker (redis:// or amqp://); unset: MARGINWATCH_REDIS_URL"
+    )
     partitions: int = Field(8, ge=1, le=4096, description="partitions P, fixed per deployment")
     venue: Venue = Venue.BINANCE
     warning_ratio: Decimal = DEFAULT_WARNING_RATIO
@@ -162,6 +167,20 @@ def redis_url(settings: Settings) -> str:
         schemes = " or ".join(REDIS_URL_SCHEMES)
         raise ConfigurationError(f"{name}: expected a URL starting with {schemes}")
     return url
+
+
+def broker_url(settings: Settings) -> str:
+    """``MARGINWATCH_BROKER_URL``, else the state Redis (which must then be a single Redis:
+    Celery has no Redis Cluster transport)."""
+    if settings.broker_url:
+        return settings.broker_url
+    state = redis_url(settings)
+    if "," in state:
+        raise ConfigurationError(
+            "MARGINWATCH_BROKER_URL is not set: with a Redis Cluster as the state "
+            "(MARGINWATCH_REDIS_URL), Celery needs its own broker (redis:// or amqp://)"
+        )
+    return state
 
 
 def bracket_tables(settings: Settings) -> dict[str, BracketTable]:

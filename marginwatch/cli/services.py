@@ -15,6 +15,7 @@ from marginwatch.base.settings import ConfigurationError, Settings, bracket_tabl
 from marginwatch.base.snapshot import parse_snapshot
 from marginwatch.cli.logs import configure_logging
 from marginwatch.state.accounts import ensure_partition_count, store_accounts
+from marginwatch.state.connection import open_redis
 
 
 def run(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
@@ -59,7 +60,7 @@ def load_accounts(settings: Settings, path: str, stdin: TextIO, stdout: TextIO) 
     """``marginwatch accounts load``: validate, then store atomically per account."""
     text = stdin.read() if path == "-" else _read(path)
     snapshot = parse_snapshot(text, bracket_tables(settings))
-    client = redis.Redis.from_url(redis_url(settings))
+    client = open_redis(redis_url(settings))
     count = store_accounts(client, snapshot.accounts, settings.partitions)
     stdout.write(f"stored {count} accounts in {settings.partitions} partitions\n")
     return EXIT_OK
@@ -69,7 +70,7 @@ def migrate_keys(settings: Settings, stdout: TextIO) -> int:
     """``marginwatch migrate``: the legacy layout's keys into the partition-scoped one."""
     from marginwatch.state.migrate import MigrationRefusedError, migrate  # noqa: PLC0415 (only this command)
 
-    client = redis.Redis.from_url(redis_url(settings))
+    client = open_redis(redis_url(settings))
     ensure_partition_count(client, settings.partitions)
     try:
         report = migrate(client, settings.partitions)

@@ -19,6 +19,7 @@ from marginwatch.base.settings import ConfigurationError, Settings, bracket_tabl
 from marginwatch.engine.exact import evaluate_account
 from marginwatch.state import streams
 from marginwatch.state.accounts import read_account
+from marginwatch.state.connection import open_redis
 from marginwatch.state.fund import read_insurance_fund
 from marginwatch.state.prices import read_ticks
 
@@ -27,7 +28,7 @@ EVENTS_SHOWN = 5
 
 
 def print_status(settings: Settings, account_id: str | None, out: TextIO) -> int:
-    client = redis.Redis.from_url(redis_url(settings))
+    client = open_redis(redis_url(settings))
     if account_id is None:
         out.write(overview(client, settings.partitions))
         return EXIT_OK

@@ -127,9 +127,10 @@ def _run_source(
     from marginwatch.base.redaction import redact_url  # noqa: PLC0415
     from marginwatch.producer.publisher import Publisher  # noqa: PLC0415
     from marginwatch.producer.run import run_producer  # noqa: PLC0415
+    from marginwatch.state.connection import open_redis  # noqa: PLC0415
 
     timeout = REDIS_TIMEOUT_SECONDS
-    client = redis.Redis.from_url(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = open_redis(redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     stop = threading.Event()
     try:
         client.ping()  # before the first line is logged: Redis unreachable is one line alone

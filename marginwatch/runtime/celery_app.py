@@ -74,7 +74,8 @@ def executor_queues(partitions: Sequence[int]) -> list[str]:
 
 
 def make_celery(settings: Settings, broker_url: str) -> Celery:
-    """JSON only; late acks with requeue on worker loss; prefetch 1; time limits."""
+    """JSON only; late acks with requeue on worker loss; prefetch 1; time limits; the
+    broker's own options (``broker_options``)."""
     app = Celery("marginwatch", broker=broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -86,13 +87,42 @@ def make_celery(settings: Settings, broker_url: str) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_seconds,
         task_soft_time_limit=max(1, settings.task_time_limit_seconds - 5),
-        broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_default_queue=_DEFAULT_QUEUE,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        **broker_options(settings, broker_url),
     )
     return app
+
+
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
+
+
+def broker_options(settings: Settings, broker_url: str) -> dict[str, object]:
+    """RabbitMQ: every queue a quorum queue (replicated; a consumer's unacknowledged messages
+    return to the queue the moment its connection drops) on a topic exchange, so delayed
+    retries use Celery's native delayed delivery; publisher confirms. Redis: the transport
+    options below."""
+    if is_amqp(broker_url):
+        return {
+            "task_create_missing_queue_type": "quorum",
+            "task_create_missing_queue_exchange_type": "topic",
+            "broker_transport_options": {"confirm_publish": True},
+        }
+    return {"broker_transport_options": transport_options(settings)}
+
+
+def queue_length(app: Celery, queue: str) -> int:
+    """Messages waiting in ``queue`` on the broker (taken, unacknowledged ones not counted); 0
+    when the queue does not exist yet."""
+    with app.pool.acquire(block=True) as connection:
+        channel = connection.default_channel
+        try:
+            return int(channel.queue_declare(queue=queue, passive=True).message_count)
+        except connection.channel_errors:
+            return 0
 
 
 def visibility_timeout_seconds(settings: Settings) -> int:
@@ -137,7 +167,11 @@ def send_evaluation(app: Celery, partition: int) -> None:
 def consume_in_listed_order(app: Celery) -> None:
     """BRPOP the queues in the order given to ``-Q`` (kombu's ``priority`` strategy) instead of
     round robin: the executor takes every queued margin call before the next liquidation.
-    Partition workers keep round robin (a fixed order would starve their later partitions)."""
+    Partition workers keep round robin (a fixed order would starve their later partitions).
+    RabbitMQ delivers from every consumed queue, one unacknowledged message each (prefetch 1):
+    a margin call waits behind at most one liquidation."""
+    if is_amqp(str(app.conf.broker_url)):
+        return
     options = dict(app.conf.broker_transport_options)
     options["queue_order_strategy"] = "priority"
     app.conf.broker_transport_options = options

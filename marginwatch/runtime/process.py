@@ -30,12 +30,14 @@ from marginwatch.base.settings import (
     ConfigurationError,
     Settings,
     bracket_tables,
+    broker_url,
     env_name,
     redis_url,
 )
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.runtime.celery_app import make_celery
 from marginwatch.state.accounts import ensure_partition_count
+from marginwatch.state.connection import open_redis
 
 log = logging.getLogger("marginwatch")
 
@@ -56,13 +58,14 @@ def connect(settings: Settings) -> Runtime:
     """Redis (checked for the deployment's P), the Celery app (which leaves the daemon's logging
     as configured) and the bracket tables."""
     crash.arm(settings.crash_at)
-    url = redis_url(settings)
-    client = redis.Redis.from_url(url)
+    client = open_redis(redis_url(settings))
     ensure_partition_count(client, settings.partitions)
     tables = bracket_tables(settings)
-    log.info("Redis at %s, %d partitions", redact_url(url), settings.partitions)
+    broker = broker_url(settings)
+    log.info("Redis at %s, broker %s, %d partitions", redact_url(redis_url(settings)),
+             redact_url(broker), settings.partitions)  # fmt: skip
     setup_logging.connect(_logging_configured, weak=False)
-    return Runtime(settings, client, tables, make_celery(settings, url))
+    return Runtime(settings, client, tables, make_celery(settings, broker))
 
 
 def _logging_configured(**_signal: Any) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.cluster import RedisCluster
 
 from marginwatch.base import keys
+from marginwatch.state.connection import is_cluster
 
 RESTARTED = "redis_restarted"
 DATA_LOST = "redis_data_lost"
@@ -38,11 +40,17 @@ class RedisIdentity:
 
 
 def redis_identity(client: redis.Redis) -> RedisIdentity:
-    """The identity now, writing the generation token first if it is missing."""
-    pipe = client.pipeline(transaction=False)
-    pipe.set(keys.GENERATION, secrets.token_hex(8), nx=True)
-    pipe.get(keys.GENERATION)
-    pipe.info("server")
-    _set, generation, server = pipe.execute()
-    info: dict[str, Any] = server
-    return RedisIdentity(str(info["run_id"]), generation.decode())
+    """The identity now, writing the generation token first if it is missing. On a cluster,
+    the run ids of its primaries (a fail-over, or a restart of any, changes them)."""
+    client.set(keys.GENERATION, secrets.token_hex(8), nx=True)
+    generation: Any = client.get(keys.GENERATION)
+    return RedisIdentity(_run_ids(client), generation.decode())
+
+
+def _run_ids(client: redis.Redis) -> str:
+    if not is_cluster(client):
+        info: Any = client.info("server")
+        return str(info["run_id"])
+    cluster = cast(RedisCluster, client)
+    found: Any = cluster.info("server", target_nodes=RedisCluster.PRIMARIES)
+    return ",".join(sorted(str(node["run_id"]) for node in found.values()))

@@ -18,6 +18,7 @@ from marginwatch.runtime.celery_app import (
     TASK_EVALUATE_PARTITION,
     actions_queue,
     margin_calls_queue,
+    queue_length,
     send_actions,
     send_evaluation,
 )
@@ -112,7 +113,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
             oldest = oldest_due_ms(runtime.client, partition)
             resend_overdue(runtime, book, outcome.started_at)
             reconfirm_settled_liquidations(runtime.client, book)
-            if not runtime.client.llen(margin_calls_queue(partition)):
+            if not queue_length(runtime.app, margin_calls_queue(partition)):
                 reconcile_episodes(runtime.client, book)  # else margin calls may be queued
         instrumentation.observe_due(metrics, partition, oldest, outcome.started_at)
     if runtime.liquidation_map_due.due(partition):
@@ -123,7 +124,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
 def resend_overdue(runtime: WorkerRuntime, book: PartitionBook, now: float) -> int:
     """Send again the liquidations due for longer than the setting while nothing waits in
     the partition's liquidation queue (a message lost with an executor); how many."""
-    if runtime.client.llen(actions_queue(book.partition)):
+    if queue_length(runtime.app, actions_queue(book.partition)):
         return 0
     sent_before_ms = int((now - runtime.settings.liquidation_resend_after_seconds) * 1000)
     pools = overdue(runtime.client, book.partition, sent_before_ms)

@@ -1,0 +1,63 @@
+"""The state store's client: a standalone Redis, or a Redis Cluster.
+
+``MARGINWATCH_REDIS_URL`` names a standalone Redis (``redis://host:port/0``, ``rediss://`` for
+TLS), or a Redis Cluster by one or more of its nodes, comma-separated
+(``redis://a:7000,redis://b:7001``; one node that answers ``cluster_enabled:1`` is enough, the
+client discovers the others). Every multi-key operation of marginwatch stays in one hash slot
+(one partition's ``mw:{pN}:`` keys, or the prices' ``mw:{prices}:`` keys), so the scripts and the
+``WATCH``/``MULTI`` transactions of the code run unchanged on a cluster; the code is written
+against the commands both clients share, and the cluster client is returned as ``redis.Redis``
+for its type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+
+def open_redis(url: str, **options: Any) -> redis.Redis:
+    """A client for ``url``: a cluster client for several nodes or a cluster node."""
+    urls = [part.strip() for part in url.split(",") if part.strip()]
+    if len(urls) > 1:
+        return _cluster(urls, options)
+    client = redis.Redis.from_url(urls[0], **options)
+    if _is_cluster_node(client):
+        client.close()
+        return _cluster(urls, options)
+    return client
+
+
+def _cluster(urls: list[str], options: dict[str, Any]) -> redis.Redis:
+    first = urlsplit(urls[0])
+    if first.username:
+        options.setdefault("username", unquote(first.username))
+    if first.password:
+        options.setdefault("password", unquote(first.password))
+    if first.scheme == "rediss":
+        options.setdefault("ssl", True)
+    nodes = [_node(url) for url in urls]
+    return cast(redis.Redis, RedisCluster(startup_nodes=nodes, **options))
+
+
+def _node(url: str) -> ClusterNode:
+    parts = urlsplit(url if "://" in url else f"redis://{url}")
+    node: ClusterNode = ClusterNode(parts.hostname or "localhost", parts.port or 6379)  # type: ignore[no-untyped-call]
+    return node
+
+
+def _is_cluster_node(client: redis.Redis) -> bool:
+    """Whether the server says it is a cluster node (``False`` when it does not answer: the
+    error surfaces on first use, as for any client)."""
+    try:
+        info: Any = client.info("cluster")
+    except redis.RedisError:
+        return False
+    return bool(info.get("cluster_enabled"))
+
+
+def is_cluster(client: redis.Redis) -> bool:
+    return isinstance(client, RedisCluster)
