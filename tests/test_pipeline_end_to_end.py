@@ -1,4 +1,7 @@
-"""The live pipeline end to end: real redis-server, producer, partition workers and executor.
+"""The live pipeline end to end: real servers, producer, partition workers and executor, three
+ways with the same expectations: a single Redis for state and broker; a Redis Cluster of three
+primaries with a replica each for state (a single Redis as Celery's broker); a single Redis for
+state with RabbitMQ (quorum queues) as the broker.
 
 A scripted price path in three stages takes chosen accounts through warning, margin call and
 liquidation while the others stay untouched:
@@ -33,12 +36,19 @@ from marginwatch.cli.status import account_report
 from marginwatch.client import publish_account_event
 from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import Account, MarginMode, Position, PositionMode, PositionSide
-from marginwatch.runtime.celery_app import actions_queue, margin_calls_queue
+from marginwatch.runtime.celery_app import (
+    actions_queue,
+    make_celery,
+    margin_calls_queue,
+    queue_length,
+)
 from marginwatch.state import streams
 from marginwatch.state.accounts import read_account, store_accounts
 from marginwatch.state.applier import apply_pending, partition_lease
+from marginwatch.state.connection import open_redis
 from marginwatch.state.fund import credit_ledger, read_insurance_fund, read_ledgers
 from tests.polling import wait_for
+from tests.servers import RabbitMQ, RedisCluster, start_rabbitmq, start_redis_cluster
 
 D = Decimal
 CROSS, ISOLATED = MarginMode.CROSS, MarginMode.ISOLATED
@@ -112,12 +122,14 @@ STAGES = [
 class Pipeline:
     """The daemons of one deployment, as subprocesses of ``python -m marginwatch``."""
 
-    def __init__(self, server: RedisServer, directory: Path) -> None:
-        self.client = redis.Redis.from_url(server.url)
+    def __init__(self, state_url: str, broker_url: str, directory: Path) -> None:
+        self.client = open_redis(state_url)
+        self.app = make_celery(Settings(redis_url=state_url, partitions=PARTITIONS), broker_url)
         self.directory = directory
         self.env = {
             **os.environ,
-            "MARGINWATCH_REDIS_URL": server.url,
+            "MARGINWATCH_REDIS_URL": state_url,
+            "MARGINWATCH_BROKER_URL": broker_url,
             "MARGINWATCH_PARTITIONS": str(PARTITIONS),
             "MARGINWATCH_LIQUIDATION_FEE_RATE": str(FEE_RATE),
         }
@@ -141,6 +153,7 @@ class Pipeline:
     def stop_all(self) -> None:
         for name in list(self.processes):
             self.stop(name)
+        self.app.close()
 
     def replay(self, prices: dict[str, str]) -> int:
         """Publish one stage with the real producer; returns the newest tick sequence."""
@@ -171,7 +184,7 @@ class Pipeline:
 
     def evaluated(self, sequence: int) -> bool:
         """Whether every partition finished an evaluation that read tick ``sequence``."""
-        marks = self.client.mget([keys.partition_evaluated(p) for p in range(PARTITIONS)])
+        marks = [self.client.get(keys.partition_evaluated(p)) for p in range(PARTITIONS)]
         return all(mark is not None and int(mark) >= sequence for mark in marks)
 
     def stream(self, name: streams.StreamName) -> list[dict[str, str]]:
@@ -186,14 +199,36 @@ class Pipeline:
 
     def queued(self, queue: Callable[[int], str]) -> int:
         """Messages waiting on every partition's queue of this kind."""
-        return sum(int(self.client.llen(queue(p))) for p in range(PARTITIONS))
+        return sum(queue_length(self.app, queue(p)) for p in range(PARTITIONS))
 
 
-@pytest.fixture
-def pipeline(redis_server: RedisServer, tmp_path: Path) -> Iterator[Pipeline]:
-    """Accounts loaded, insurance fund seeded, executor and two partition workers running."""
-    running = Pipeline(redis_server, tmp_path)
-    running.client.flushdb()
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = start_redis_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def rabbitmq() -> Iterator[RabbitMQ]:
+    node = start_rabbitmq()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(params=["redis", "redis-cluster", "rabbitmq"])
+def pipeline(
+    request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Pipeline]:
+    """Accounts loaded, insurance fund seeded, executor and two partition workers running, on
+    the servers of the parameter."""
+    state, broker = redis_server.url, redis_server.url
+    redis.Redis.from_url(redis_server.url).flushdb()
+    if request.param == "redis-cluster":
+        state = request.getfixturevalue("redis_cluster").url
+    elif request.param == "rabbitmq":
+        broker = request.getfixturevalue("rabbitmq").url
+    running = Pipeline(state, broker, tmp_path)
     store_accounts(running.client, BOOK, PARTITIONS)
     credit_ledger(running.client, 0, FUND_START)  # the fund starts in partition 0's ledger
     running.replay(STAGES[0])

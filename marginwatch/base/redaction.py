@@ -12,6 +12,9 @@ _PASSWORD_PARAMETER = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``; the rest as written."""
+    """``url`` with its password, if any, replaced by ``***``; the rest as written. A
+    comma-separated list (a Redis Cluster's nodes) has each of its URLs redacted."""
+    if "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
     url = _USER_PASSWORD.sub(rf"\g<1>:{REDACTED}@", url, count=1)
     return _PASSWORD_PARAMETER.sub(rf"\g<1>{REDACTED}", url)

@@ -28,7 +28,7 @@ from marginwatch.engine.types import (
 ENV_PREFIX = "MARGINWATCH_"
 # Never shown: secret settings print as ***, and URLs with their password as ***.
 SECRET_FIELDS = frozenset({"webhook_secret"})
-URL_FIELDS = frozenset({"redis_url", "webhook_urls"})
+URL_FIELDS = frozenset({"redis_url", "broker_url", "webhook_urls"})
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # pydantic-settings names the field of a value it cannot decode (a JSON setting) only here.
@@ -163,9 +163,10 @@ def redis_url(settings: Settings) -> str:
     url, name = settings.redis_url, env_name("redis_url")
     if not url:
         raise ConfigurationError(f"{name} is not set")
-    if not url.startswith(REDIS_URL_SCHEMES):
-        schemes = " or ".join(REDIS_URL_SCHEMES)
-        raise ConfigurationError(f"{name}: expected a URL starting with {schemes}")
+    for part in url.split(","):
+        if not part.strip().startswith(REDIS_URL_SCHEMES):
+            schemes = " or ".join(REDIS_URL_SCHEMES)
+            raise ConfigurationError(f"{name}: expected a URL starting with {schemes}")
     return url
 
 

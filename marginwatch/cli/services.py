@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 from typing import TextIO
 
-import redis
-
 from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.partitions import parse_partitions
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url

@@ -15,7 +15,6 @@ import socket
 import threading
 from collections.abc import Sequence
 
-import redis
 from prometheus_client import CollectorRegistry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -35,6 +34,7 @@ from marginwatch.runtime.process import (
     with_threads,
 )
 from marginwatch.state.applier import AppliedCounts, run_applier
+from marginwatch.state.connection import open_redis
 
 SCRAPE_TIMEOUT_SECONDS = 1.0
 ROLES = ("actions", "webhooks")
@@ -60,7 +60,7 @@ def _executor_metrics(
     read at each scrape with a client that fails fast (a scrape never hangs on Redis)."""
     metrics = ExecutorMetrics(registry, symbols)
     if "actions" in roles:
-        scrape_client = redis.Redis.from_url(
+        scrape_client = open_redis(
             redis_url(settings),
             socket_timeout=SCRAPE_TIMEOUT_SECONDS,
             socket_connect_timeout=SCRAPE_TIMEOUT_SECONDS,

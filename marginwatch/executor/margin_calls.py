@@ -33,6 +33,7 @@ from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.exact import AccountReport, PoolReport, PositionReport, evaluate_account
 from marginwatch.state.accounts import StoredAccount, read_accounts
 from marginwatch.state.bad_records import BadRecords
+from marginwatch.state.connection import queue_script
 from marginwatch.state.prices import read_ticks_of
 
 EVENTS_MAXLEN = 1_000_000
@@ -113,9 +114,10 @@ def execute_margin_calls(
         action = batch[i]
         read_at = accounts[(action.partition, action.account_id)].version
         account = keys.account(action.partition, action.account_id)
-        pipe.eval(_START_EPISODE, 5, *_episode_keys(action), account, action.tick_sequence,
-                  EPISODE_TTL_SECONDS, EVENTS_MAXLEN, pool_member(action.account_id, action.pool),
-                  read_at, *_urls(settings), *_flat(fields[i]))  # fmt: skip
+        queue_script(pipe, _START_EPISODE, [*_episode_keys(action), account],
+                     action.tick_sequence, EPISODE_TTL_SECONDS, EVENTS_MAXLEN,
+                     pool_member(action.account_id, action.pool), read_at, *_urls(settings),
+                     *_flat(fields[i]))  # fmt: skip
     for i, entry_id in zip(confirmed, pipe.execute(), strict=True):
         results[i] = _started(entry_id)
     return results

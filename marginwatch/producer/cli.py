@@ -122,7 +122,6 @@ def _run_source(
     stats: ProducerStats,
 ) -> int:
     """Connect, run, log a summary line; an unreachable Redis raises Redis' error."""
-    import redis  # noqa: PLC0415 (see module doc)
 
     from marginwatch.base.redaction import redact_url  # noqa: PLC0415
     from marginwatch.producer.publisher import Publisher  # noqa: PLC0415

@@ -23,6 +23,7 @@ from marginwatch.base.settings import ConfigurationError
 from marginwatch.base.snapshot import AccountModel
 from marginwatch.engine.types import Account
 from marginwatch.state.bad_records import BadRecords
+from marginwatch.state.connection import queue_script
 from marginwatch.state.streams import id_order
 
 CHANGES_MAXLEN = 1_000_000
@@ -160,8 +161,8 @@ def write_account(pipe: Pipeline, account: Account, partitions: int) -> None:
         keys.partition_members(partition),
         keys.partition_changes(partition),
     ]
-    pipe.eval(_WRITE_ACCOUNT, 3, *script_keys, account_to_json(account), account.account_id,
-              CHANGES_MAXLEN)  # fmt: skip
+    queue_script(pipe, _WRITE_ACCOUNT, script_keys, account_to_json(account), account.account_id,
+                 CHANGES_MAXLEN)  # fmt: skip
 
 
 Mutation = Callable[[StoredAccount | None, Pipeline], T]

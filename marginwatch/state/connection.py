@@ -12,10 +12,12 @@ for its type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.client import Pipeline
 from redis.cluster import ClusterNode, RedisCluster
 
 
@@ -61,3 +63,10 @@ def _is_cluster_node(client: redis.Redis) -> bool:
 
 def is_cluster(client: redis.Redis) -> bool:
     return isinstance(client, RedisCluster)
+
+
+def queue_script(pipe: Pipeline, script: str, script_keys: Sequence[str], *args: Any) -> None:
+    """Queue ``EVAL script`` on a pipeline of either client (the cluster pipeline has no
+    ``eval`` method but routes a raw ``EVAL`` by its first key, like any command)."""
+    # redis-py leaves Pipeline.execute_command untyped.
+    pipe.execute_command("EVAL", script, len(script_keys), *script_keys, *args)  # type: ignore[no-untyped-call]
