@@ -1,0 +1,168 @@
+"""Redis users per component (deploy/redis/users.acl, loaded by deploy/redis/start-redis.sh):
+a real redis-server with those ACLs; each credential is refused what its component must not
+do, and each daemon runs its whole job under its own user."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+
+from marginwatch.base import keys
+from marginwatch.base.ticks import Tick
+from marginwatch.cli.embedded_redis import free_port
+from marginwatch.producer.publisher import Publisher
+from tests.polling import wait_for
+from tests.servers import until
+
+DEPLOY = Path(__file__).parent.parent / "deploy" / "redis"
+USERS = ("marginwatch-producer", "marginwatch-worker", "marginwatch-executor", "marginwatch-admin")
+SNAPSHOT = {
+    "mark_prices": {"BTCUSDT": "50000"},
+    "accounts": [{"account_id": "E", "cross_wallet_balance": "1265", "positions": [
+        {"symbol": "BTCUSDT", "quantity": "1", "entry_price": "50000", "leverage": 20,
+         "margin_mode": "cross"}]}],
+}  # fmt: skip
+
+
+@dataclass
+class AclRedis:
+    port: int
+    passwords: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    def url(self, user: str) -> str:
+        return f"redis://{user}:{self.passwords[user]}@127.0.0.1:{self.port}/0"
+
+    def client(self, user: str) -> redis.Redis:
+        return redis.Redis.from_url(self.url(user))
+
+
+def start_script(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "REDIS_SECRETS": str(directory), "REDIS_ACL_FILE": str(directory / "acl"),
+           "REDIS_ACL_TEMPLATE": str(DEPLOY / "users.acl")}  # fmt: skip
+    command = ["sh", str(DEPLOY / "start-redis.sh"), "--port", str(port), "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.fixture
+def acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
+    passwords = {user: secrets.token_hex(16) for user in USERS}
+    for user, password in passwords.items():
+        (tmp_path / f"redis-{user}.password").write_text(password + "\n", encoding="utf-8")
+    port = free_port()
+    server = AclRedis(port, passwords, start_script(tmp_path, port))
+
+    def answers() -> bool:
+        try:
+            return bool(server.client("marginwatch-admin").ping())
+        except redis.RedisError:
+            return False
+
+    until(answers, "redis-server with the ACL file")
+    yield server
+    server.process.terminate()
+    server.process.wait(timeout=10)
+
+
+def test_the_start_script_refuses_a_missing_password(tmp_path: Path) -> None:
+    """No password file for a user: the script exits with a line naming the file."""
+    started = start_script(tmp_path, free_port())
+    assert started.wait(timeout=10) == 1
+    assert started.stderr is not None
+    assert b"redis-marginwatch-producer.password" in started.stderr.read()
+
+
+def test_the_default_user_is_off_and_passwords_are_hashed(acl_redis: AclRedis) -> None:
+    """No access without a user; the ACL file holds hashes, not the passwords."""
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=acl_redis.port).ping()
+    rules: list[str] = [str(r) for r in acl_redis.client("marginwatch-admin").acl_list()]
+    assert not any(password in " ".join(rules) for password in acl_redis.passwords.values())
+
+
+def test_each_credential_is_refused_what_its_component_must_not_do(acl_redis: AclRedis) -> None:
+    """The producer cannot change an account or send an account event; the worker cannot
+    change an account, a ledger or a mark; none may flush."""
+    producer, worker = (
+        acl_redis.client("marginwatch-producer"),
+        acl_redis.client("marginwatch-worker"),
+    )
+    Publisher(producer).publish([Tick("BTCUSDT", Decimal(50_000), time.time_ns() // 1_000_000)])
+    refused = [
+        lambda: producer.hset(keys.account(0, "E"), "state", "{}"),
+        lambda: producer.xadd(keys.account_events(0), {"event": "{}"}),
+        lambda: worker.hset(keys.account(0, "E"), "state", "{}"),
+        lambda: worker.set(keys.insurance_fund(0), "1"),
+        lambda: worker.hset(keys.PRICES, "BTCUSDT", "x"),
+        lambda: acl_redis.client("marginwatch-executor").hset(keys.PRICES, "BTCUSDT", "x"),
+        lambda: acl_redis.client("marginwatch-executor").flushall(),
+    ]
+    for number, attempt in enumerate(refused):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+            pytest.fail(f"attempt {number} was allowed")
+
+
+def test_every_daemon_runs_its_whole_job_under_its_own_user(
+    acl_redis: AclRedis, tmp_path: Path
+) -> None:
+    """The admin loads the accounts; the producer, a worker and an executor, each under its
+    own user, take an account through a margin call to its liquidation; no daemon is refused
+    anything."""
+    admin = acl_redis.client("marginwatch-admin")
+    (tmp_path / "snapshot.json").write_text(json.dumps(SNAPSHOT), encoding="utf-8")
+    assert run(acl_redis.url("marginwatch-admin"), "accounts", "load",
+               str(tmp_path / "snapshot.json")).returncode == 0  # fmt: skip
+    admin.set(keys.insurance_fund(0), "1000")
+    replay(acl_redis, tmp_path, "50000")
+    daemons = [start(acl_redis.url(f"marginwatch-{name}"), tmp_path / f"{name}.log", *args)
+               for name, args in (("worker", ("worker", "--partitions", "0")),
+                                  ("executor", ("executor",)))]  # fmt: skip
+    try:
+        wait_for(lambda: admin.get(keys.partition_evaluated(0)), "an evaluation")
+        replay(acl_redis, tmp_path, "48950")
+        wait_for(lambda: admin.xlen(keys.margin_call_events(0)) == 1, "the margin call")
+        replay(acl_redis, tmp_path, "48000")
+        wait_for(lambda: admin.xlen(keys.liquidations(0)) == 1, "the liquidation")
+    finally:
+        for daemon in daemons:
+            daemon.terminate()
+            daemon.wait(timeout=30)
+    logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert "NOPERM" not in logs
+    assert "NoPermission" not in logs
+
+
+def run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MARGINWATCH_REDIS_URL": url, "MARGINWATCH_PARTITIONS": "1"}
+    return subprocess.run([sys.executable, "-m", "marginwatch", *args], env=env, text=True,
+                          capture_output=True, timeout=60, check=False)  # fmt: skip
+
+
+def start(url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MARGINWATCH_REDIS_URL": url, "MARGINWATCH_PARTITIONS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "marginwatch", *args], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def replay(server: AclRedis, directory: Path, price: str) -> None:
+    """One tick through the real producer, under the producer's user."""
+    path = directory / f"tick-{price}.jsonl"
+    tick = {"symbol": "BTCUSDT", "event_time": time.time_ns() // 1_000_000, "mark_price": price}
+    path.write_text(json.dumps(tick) + "\n", encoding="utf-8")
+    ran = run(server.url("marginwatch-producer"), "producer", "--source", "replay", "--file",
+              str(path), "--speed", "0")  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert "NOPERM" not in ran.stderr
