@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -120,11 +122,19 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
-def read_settings() -> Settings:
-    """The settings from the environment; a bad value raises ``ConfigurationError`` naming its
-    variable (without echoing a secret)."""
+SECRETS_DIR_VARIABLE = ENV_PREFIX + "SECRETS_DIR"
+
+
+def read_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings from the environment, and from files in ``MARGINWATCH_SECRETS_DIR`` when it
+    is set (one file per setting, named like its variable, e.g. ``MARGINWATCH_REDIS_URL``:
+    Compose and Kubernetes secrets; a variable wins over a file). A bad value raises
+    ``ConfigurationError`` naming its variable (without echoing a secret)."""
+    secrets_dir = (os.environ if environ is None else environ).get(SECRETS_DIR_VARIABLE)
+    if secrets_dir and not os.path.isdir(secrets_dir):
+        raise ConfigurationError(f"{SECRETS_DIR_VARIABLE}={secrets_dir}: not a directory")
     try:
-        return Settings()
+        return Settings(_secrets_dir=secrets_dir or None)
     except ValidationError as error:
         raise ConfigurationError("; ".join(map(_explain, error.errors()))) from None
     except SettingsError as error:
