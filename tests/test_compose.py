@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import http.server
 import json
+import os
 import re
 import shlex
 import shutil
@@ -22,10 +23,13 @@ from typing import Any
 
 import jsonschema
 import pytest
+import redis as redis_client
 import yaml
 
 from marginwatch.base.partitions import parse_partitions
+from marginwatch.cli.embedded_redis import free_port
 from marginwatch.cli.main import _parser
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -56,7 +60,6 @@ _VARIABLE = re.compile(
     r"|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<operator>:?[-?+])(?P<argument>[^}]*))?\}"
     r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
-_PASSWORD_EXPRESSION = re.compile(r"\$\{REDIS_PASSWORD:-[^}]+\}")
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -169,17 +172,6 @@ def option(command: list[str], name: str) -> str:
 def healthcheck_command(service: Mapping[str, Any]) -> str:
     test = service["healthcheck"]["test"]
     return test if isinstance(test, str) else " ".join(test)
-
-
-def redis_password_expression() -> str:
-    """The ``${REDIS_PASSWORD:-placeholder}`` expression given to ``requirepass``."""
-    command = raw_compose()["services"]["redis"]["command"]
-    arguments = shlex.split(command) if isinstance(command, str) else command
-    expression = option([str(argument) for argument in arguments], "--requirepass")
-    assert _PASSWORD_EXPRESSION.fullmatch(expression), (
-        f"requirepass must come from REDIS_PASSWORD with a placeholder default: {expression!r}"
-    )
-    return expression
 
 
 def prometheus_config() -> dict[str, Any]:
@@ -303,31 +295,90 @@ def test_no_long_running_service_is_left_without_healthcheck() -> None:
             assert service.get("restart") in RESTART_POLICIES, name
 
 
-def test_redis_uses_aof_and_a_password() -> None:
-    """Redis appends every write (fsync each second) and requires the REDIS_PASSWORD password."""
+def test_redis_uses_aof_and_loads_its_users_from_secrets() -> None:
+    """Redis appends every write (fsync each second by default), starts through start-redis.sh
+    with every user's password secret, and its health check authenticates as the admin without
+    a password on the command line."""
     redis = services()["redis"]
-    command = argv(redis)
-    assert command[0] == "redis-server"
-    assert option(command, "--appendonly") == "yes"
-    assert option(command, "--appendfsync") == "everysec"
-    expression = redis_password_expression()
-    raw_redis = raw_compose()["services"]["redis"]
-    # The health check authenticates through REDISCLI_AUTH, the same password.
-    assert environment_of(raw_redis)["REDISCLI_AUTH"] == expression
-    assert "redis-cli" in healthcheck_command(redis)
-    assert "ping" in healthcheck_command(redis)
-    assert "PONG" in healthcheck_command(redis), "an error reply (NOAUTH) must not pass"
+    assert redis["entrypoint"] == ["sh", "/etc/redis/start-redis.sh"]
+    assert option(argv(redis), "--appendonly") == "yes"
+    assert option(argv(redis), "--appendfsync") == "everysec"
+    users = {line.split()[1] for line in (ROOT / "deploy/redis/users.acl").read_text().splitlines()
+             if line.startswith("user ") and line.split()[1] != "default"}  # fmt: skip
+    assert set(redis["secrets"]) == {f"redis-{user}.password" for user in users}
+    assert ("./deploy/redis", "/etc/redis") in mounts(redis)
     assert ("redis-data", "/data") in mounts(redis)
+    check = healthcheck_command(redis)
+    assert "REDISCLI_AUTH=" in check
+    assert "--user marginwatch-admin" in check
+    assert "PONG" in check, "an error reply (NOAUTH) must not pass"
 
 
-def test_marginwatch_services_reach_redis_with_the_password() -> None:
-    """Each marginwatch service uses the password in MARGINWATCH_REDIS_URL and waits for Redis."""
-    expected_url = f"redis://:{redis_password_expression()}@redis:6379/0"
+COMPONENT_USERS = {"producer": "producer", "worker-a": "worker", "worker-b": "worker",
+                   "executor": "executor", "executor-webhooks": "executor",
+                   "accounts-load": "admin"}  # fmt: skip
+
+
+def test_each_marginwatch_service_reads_its_own_redis_user_from_a_secret() -> None:
+    """MARGINWATCH_REDIS_URL is a secret file of the component's user (never in the
+    environment); executors also get the webhook secret; every service waits for Redis."""
     raw = raw_compose()["services"]
-    assert set(marginwatch_services()) >= {"producer", "worker-a", "worker-b", "executor"}
-    for name in marginwatch_services():
-        assert environment_of(raw[name]).get("MARGINWATCH_REDIS_URL") == expected_url, name
+    assert set(marginwatch_services()) == set(COMPONENT_USERS)
+    for name, user in COMPONENT_USERS.items():
+        environment = environment_of(raw[name])
+        assert environment["MARGINWATCH_SECRETS_DIR"] == "/run/secrets", name
+        assert "MARGINWATCH_REDIS_URL" not in environment, name
+        targets = {s["target"]: s["source"] for s in raw[name]["secrets"]}
+        assert targets["MARGINWATCH_REDIS_URL"] == f"{user}-redis-url", name
+        assert ("MARGINWATCH_WEBHOOK_SECRET" in targets) == (user == "executor"), name
         assert raw[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+def test_no_secret_has_a_default_and_every_secret_is_a_file() -> None:
+    """No change-me placeholder anywhere; each secret comes from a file under ./secrets, which
+    Compose refuses to start without."""
+    assert "change-me" not in COMPOSE_FILE.read_text(encoding="utf-8")
+    declared = raw_compose()["secrets"]
+    assert all(entry["file"] == f"./secrets/{name}" for name, entry in declared.items())
+    every = raw_compose()["services"].values()
+    used = {s if isinstance(s, str) else s["source"] for service in every
+            for s in service.get("secrets", [])}  # fmt: skip
+    assert used == set(declared)
+
+
+def test_make_secrets_writes_urls_that_log_in_as_their_users(tmp_path: Path) -> None:
+    """deploy/make-secrets.sh writes each component's URL with its user's password; a real
+    redis-server started by start-redis.sh from those files lets each URL in; a second run
+    changes nothing."""
+    secrets = tmp_path / "secrets"
+    subprocess.run(["sh", str(ROOT / "deploy/make-secrets.sh"), str(secrets)], check=True,
+                   capture_output=True)  # fmt: skip
+    before = {f.name: f.read_text() for f in secrets.iterdir()}
+    subprocess.run(["sh", str(ROOT / "deploy/make-secrets.sh"), str(secrets)], check=True,
+                   capture_output=True)  # fmt: skip
+    assert {f.name: f.read_text() for f in secrets.iterdir()} == before
+    port = free_port()
+    env = {**os.environ, "REDIS_SECRETS": str(secrets), "REDIS_ACL_FILE": str(tmp_path / "acl"),
+           "REDIS_ACL_TEMPLATE": str(ROOT / "deploy/redis/users.acl")}  # fmt: skip
+    server = subprocess.Popen(["sh", str(ROOT / "deploy/redis/start-redis.sh"), "--port",
+                               str(port), "--bind", "127.0.0.1", "--save", "", "--dir",
+                               str(tmp_path)], env=env, stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        for user in set(COMPONENT_USERS.values()):
+            url = (secrets / f"{user}-redis-url").read_text().strip()
+            assert url.startswith(f"redis://marginwatch-{user}:")
+            local = url.replace("@redis:6379/", f"@127.0.0.1:{port}/")
+            wait_for(lambda url=local: _pings(url), f"{user} logs in")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis_client.Redis.from_url(url).ping())
+    except redis_client.RedisError:
+        return False
 
 
 def test_partition_count_is_one_per_deployment_and_workers_cover_it() -> None:
