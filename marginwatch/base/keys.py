@@ -48,6 +48,7 @@ _INSURANCE_FUND = "insurance-fund"
 _EPISODE = "episode:{account_id}:{pool}"
 _EPISODES = "episodes"  # set of "account|pool" of the partition's open episodes
 _DUE_LIQUIDATIONS = "due-liquidations"  # zset "account|pool" -> ms when first sent
+_REPLICATED = "replicated"  # counter written before WAIT (state.connection.wait_for_replicas)
 _IDEMPOTENCY = "done:{key}"
 _WEBHOOK_OUTBOX = "webhook-outbox"  # stream: one entry per event and URL
 _WEBHOOK_RETRIES = "webhook-outbox:retries"  # zset outbox entry id -> ms of its next attempt
@@ -191,3 +192,9 @@ def webhook_attempts(partition: int) -> str:
 def webhook_dead_letters(partition: int) -> str:
     """Outbox entries given up after the last attempt, with the last error."""
     return _of(partition, _WEBHOOK_DEAD_LETTERS)
+
+
+def partition_replicated(partition: int) -> str:
+    """A counter an executor increments on the partition's primary right before ``WAIT``, so
+    the wait covers the liquidation it just wrote there."""
+    return _of(partition, _REPLICATED)

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     liquidation_resend_after_seconds: float = Field(
         3.0, gt=0, description="send a due liquidation again after this, if none is queued"
     )
+    wait_replicas: int = Field(
+        0, ge=0, description="acknowledge a liquidation once this many replicas hold it (WAIT)"
+    )
+    wait_timeout_ms: int = Field(1000, ge=1, description="how long a liquidation waits for them")
     crash_at: str | None = Field(
         None, description="exit abruptly at this crash point (fault tests only; see base.crash)"
     )

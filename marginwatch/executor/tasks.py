@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
-from marginwatch.base import crash
+from marginwatch.base import crash, keys
 from marginwatch.base.actions import Action, ActionMessageError
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.base.partitions import partition_of
@@ -23,6 +23,7 @@ from marginwatch.runtime.celery_app import (
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
 from marginwatch.state.bad_records import BadRecords
+from marginwatch.state.connection import wait_for_replicas
 
 
 def _unserved_metrics() -> ExecutorMetrics:
@@ -98,6 +99,10 @@ def run_liquidation(runtime: ExecutorRuntime, action: Action) -> str:
     with counting_redis_errors(runtime.metrics.redis_errors):
         outcome = liquidation.liquidate(runtime.client, runtime.tables, runtime.settings, action,
                                         runtime.bad)  # fmt: skip
+        if outcome.result != "skipped":  # liquidated now, or before (a redelivery)
+            settings = runtime.settings
+            wait_for_replicas(runtime.client, keys.partition_replicated(action.partition),
+                              settings.wait_replicas, settings.wait_timeout_ms)  # fmt: skip
     crash.at("executor:after-liquidation")
     instrumentation.observe_liquidation(runtime.metrics, action, outcome)
     return outcome.result

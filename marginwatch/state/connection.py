@@ -70,3 +70,31 @@ def queue_script(pipe: Pipeline, script: str, script_keys: Sequence[str], *args:
     ``eval`` method but routes a raw ``EVAL`` by its first key, like any command)."""
     # redis-py leaves Pipeline.execute_command untyped.
     pipe.execute_command("EVAL", script, len(script_keys), *script_keys, *args)  # type: ignore[no-untyped-call]
+
+
+class ReplicationTimeoutError(redis.TimeoutError):
+    """Fewer replicas than required acknowledged a write in time (retried like a timeout)."""
+
+
+def wait_for_replicas(client: redis.Redis, marker_key: str, replicas: int, timeout_ms: int) -> None:
+    """Return once ``replicas`` replicas of the primary serving ``marker_key`` hold every write
+    it took so far; ``ReplicationTimeoutError`` when fewer did within ``timeout_ms``.
+
+    ``WAIT`` counts the writes of the connection it is sent on, so it follows a write of
+    ``marker_key`` (``INCR``) on the same connection, in one pipeline: replication is in order,
+    so covering the marker covers everything written before it, by any connection."""
+    if replicas <= 0:
+        return
+    node: Any = client
+    if is_cluster(client):
+        # redis-py leaves get_node_from_key untyped.
+        serving = cast(RedisCluster, client).get_node_from_key(marker_key)  # type: ignore[no-untyped-call]
+        node = serving.redis_connection
+    pipe = node.pipeline(transaction=False)
+    pipe.incr(marker_key)
+    pipe.execute_command("WAIT", replicas, timeout_ms)
+    _marker, acknowledged = pipe.execute()
+    if int(acknowledged) < replicas:
+        raise ReplicationTimeoutError(
+            f"{acknowledged} of {replicas} replicas acknowledged the write within {timeout_ms} ms"
+        )
