@@ -24,15 +24,10 @@ from marginwatch.cli.embedded_redis import free_port
 from marginwatch.producer.publisher import Publisher
 from tests.polling import wait_for
 from tests.servers import until
+from tests.test_tls import SNAPSHOT
 
 DEPLOY = Path(__file__).parent.parent / "deploy" / "redis"
 USERS = ("marginwatch-producer", "marginwatch-worker", "marginwatch-executor", "marginwatch-admin")
-SNAPSHOT = {
-    "mark_prices": {"BTCUSDT": "50000"},
-    "accounts": [{"account_id": "E", "cross_wallet_balance": "1265", "positions": [
-        {"symbol": "BTCUSDT", "quantity": "1", "entry_price": "50000", "leverage": 20,
-         "margin_mode": "cross"}]}],
-}  # fmt: skip
 
 
 @dataclass

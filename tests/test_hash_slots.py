@@ -11,7 +11,6 @@ evaluations and their progress, margin calls, resolutions, liquidations with the
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -25,7 +24,7 @@ from marginwatch.base import keys
 from marginwatch.base.actions import ActionKind
 from marginwatch.base.settings import Settings
 from marginwatch.base.ticks import Tick
-from marginwatch.cli.embedded_redis import RedisServer, free_port, start_redis_server
+from marginwatch.cli.embedded_redis import RedisServer, start_redis_server
 from marginwatch.cli.status import account_report, overview
 from marginwatch.client import publish_account_event
 from marginwatch.engine import batch
@@ -42,6 +41,7 @@ from marginwatch.worker.dispatch import Dispatcher
 from marginwatch.worker.evaluation import evaluate_partition, finish_evaluation, record_due
 from marginwatch.worker.partition import PartitionBook
 from tests.polling import wait_for
+from tests.servers import port_with_a_free_bus
 
 D = Decimal
 P = 4
@@ -63,24 +63,6 @@ def cluster_state(client: redis.Redis) -> str:
         return str(info.get("cluster_state"))
     text = info.decode() if isinstance(info, bytes) else str(info)
     return next(line.split(":", 1)[1].strip() for line in text.splitlines() if "state" in line)
-
-
-def port_with_a_free_bus() -> int:
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    for _attempt in range(100):
-        port = free_port()
-        if port + 10_000 <= 65_535 and port_is_free(port + 10_000):
-            return port
-    raise RuntimeError("no free port with a free cluster bus port")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.fixture(scope="module")

@@ -92,14 +92,8 @@ def test_daemons_carry_on_across_a_redis_restart(restartable: Restartable, tmp_p
     """Worker and executor run on; Redis is killed and restarted from its AOF; an account
     event after the restart is applied, and a crash after it liquidated, once."""
     client = restartable.client()
-    store_accounts(client, BOOK, 1)
-    credit_ledger(client, 0, D(1000))
-    Publisher(client).publish([Tick("BTCUSDT", D(50_000), now_ms())])
-    deployment = Deployment(restartable.server, tmp_path)
+    deployment = started(client, restartable, tmp_path)
     try:
-        deployment.start("executor", "executor")
-        deployment.start("worker", "worker", "--partitions", "0")
-        wait_for(lambda: client.get(keys.partition_evaluated(0)), "the first evaluation")
         restartable.kill_and_start()
         client = restartable.client()
         publish_account_event(client, {"account_id": "E", "type": "deposit", "amount": "35"})
@@ -111,6 +105,19 @@ def test_daemons_carry_on_across_a_redis_restart(restartable: Restartable, tmp_p
         deployment.stop_all()
     # 1,265 + 35 + 1 × (48,000 − 50,000): the fund covered 700, once.
     assert read_ledgers(client, [0]) == {0: D(1000) - D(700)}
+
+
+def started(client: redis.Redis, restartable: Restartable, tmp_path: Path) -> Deployment:
+    """BOOK, a fund of 1,000 and a mark of 50,000 in Redis; an executor and a worker running,
+    past their first evaluation."""
+    store_accounts(client, BOOK, 1)
+    credit_ledger(client, 0, D(1000))
+    Publisher(client).publish([Tick("BTCUSDT", D(50_000), now_ms())])
+    deployment = Deployment(restartable.server, tmp_path)
+    deployment.start("executor", "executor")
+    deployment.start("worker", "worker", "--partitions", "0")
+    wait_for(lambda: client.get(keys.partition_evaluated(0)), "the first evaluation")
+    return deployment
 
 
 def version_of(client: redis.Redis) -> int | None:
@@ -126,14 +133,8 @@ def test_a_liquidation_lost_with_the_last_writes_is_done_again(
     it closed; the worker reads its book again and the pool is liquidated in what Redis kept,
     once."""
     client = restartable.client()
-    store_accounts(client, BOOK, 1)
-    credit_ledger(client, 0, D(1000))
-    Publisher(client).publish([Tick("BTCUSDT", D(50_000), now_ms())])
-    deployment = Deployment(restartable.server, tmp_path)
+    deployment = started(client, restartable, tmp_path)
     try:
-        deployment.start("executor", "executor")
-        deployment.start("worker", "worker", "--partitions", "0")
-        wait_for(lambda: client.get(keys.partition_evaluated(0)), "the first evaluation")
         client.config_set("appendonly", "no")  # from here on, the snapshot is what survives
         client.save()
         earlier = tmp_path / "earlier"
