@@ -27,7 +27,13 @@ from tests.servers import until
 from tests.test_tls import SNAPSHOT
 
 DEPLOY = Path(__file__).parent.parent / "deploy" / "redis"
-USERS = ("marginwatch-producer", "marginwatch-worker", "marginwatch-executor", "marginwatch-admin")
+USERS = (
+    "marginwatch-producer",
+    "marginwatch-worker",
+    "marginwatch-executor",
+    "marginwatch-admin",
+    "marginwatch-replica",
+)
 
 
 @dataclass
@@ -43,11 +49,13 @@ class AclRedis:
         return redis.Redis.from_url(self.url(user))
 
 
-def start_script(directory: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_SECRETS": str(directory), "REDIS_ACL_FILE": str(directory / "acl"),
-           "REDIS_ACL_TEMPLATE": str(DEPLOY / "users.acl")}  # fmt: skip
+def start_script(
+    directory: Path, port: int, *args: str, name: str = "acl", **environ: str
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "REDIS_SECRETS": str(directory), "REDIS_ACL_FILE": str(directory / name),
+           "REDIS_ACL_TEMPLATE": str(DEPLOY / "users.acl"), **environ}  # fmt: skip
     command = ["sh", str(DEPLOY / "start-redis.sh"), "--port", str(port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", str(directory)]  # fmt: skip
+               "--save", "", "--appendonly", "no", "--dir", str(directory), *args]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -168,3 +176,48 @@ def replay(server: AclRedis, directory: Path, price: str) -> None:
               str(path), "--speed", "0")  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert "NOPERM" not in ran.stderr
+
+
+def test_a_replica_syncs_as_the_replica_user_which_can_do_nothing_else(
+    acl_redis: AclRedis, tmp_path: Path
+) -> None:
+    """A second server, started by the script with REDIS_MASTER_USER, replicates the first
+    (its password from the secret file, not the command line); that user cannot read a key."""
+    directory = tmp_path / "replica"
+    directory.mkdir()
+    for user, password in acl_redis.passwords.items():
+        (directory / f"redis-{user}.password").write_text(password, encoding="utf-8")
+    port = free_port()
+    replica = start_script(directory, port, "--replicaof", "127.0.0.1", str(acl_redis.port),
+                           REDIS_MASTER_USER="marginwatch-replica")  # fmt: skip
+    try:
+        admin = redis.Redis(port=port, username="marginwatch-admin",
+                            password=acl_redis.passwords["marginwatch-admin"])  # fmt: skip
+        until(lambda: _linked(admin), "the replica in sync through its user")
+        acl_redis.client("marginwatch-admin").set("mw:config:probe", "1")
+        until(lambda: admin.get("mw:config:probe") == b"1", "the write replicated")
+        assert acl_redis.passwords["marginwatch-replica"] not in " ".join(_command_lines())
+    finally:
+        replica.terminate()
+        replica.wait(timeout=10)
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        acl_redis.client("marginwatch-replica").get("mw:config:probe")
+
+
+def _linked(client: redis.Redis) -> bool:
+    try:
+        info: dict[str, object] = client.info("replication")
+    except redis.RedisError:
+        return False
+    return info.get("master_link_status") == "up"
+
+
+def _command_lines() -> list[str]:
+    """Every process's command line (a password must not be in any)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found

@@ -323,7 +323,9 @@ def test_each_marginwatch_service_reads_its_own_redis_user_from_a_secret() -> No
     """MARGINWATCH_REDIS_URL is a secret file of the component's user (never in the
     environment); executors also get the webhook secret; every service waits for Redis."""
     raw = raw_compose()["services"]
-    assert set(marginwatch_services()) == set(COMPONENT_USERS)
+    single = {n for n, service in marginwatch_services().items()
+              if "cluster" not in service.get("profiles", [])}  # fmt: skip
+    assert single == set(COMPONENT_USERS)
     for name, user in COMPONENT_USERS.items():
         environment = environment_of(raw[name])
         assert environment["MARGINWATCH_SECRETS_DIR"] == "/run/secrets", name
@@ -332,6 +334,31 @@ def test_each_marginwatch_service_reads_its_own_redis_user_from_a_secret() -> No
         assert targets["MARGINWATCH_REDIS_URL"] == f"{user}-redis-url", name
         assert ("MARGINWATCH_WEBHOOK_SECRET" in targets) == (user == "executor"), name
         assert raw[name]["depends_on"]["redis"]["condition"] == "service_healthy", name
+
+
+def test_the_cluster_profile_runs_on_a_redis_cluster_and_rabbitmq() -> None:
+    """Six Redis nodes with replica auth, a one-shot that creates the cluster, RabbitMQ; the
+    daemons with every node in their URL secret, the broker URL secret, replica waits, and two
+    executor pairs covering the partitions; nothing of it starts without the profile."""
+    every = services()
+    cluster = {n: s for n, s in every.items() if "cluster" in s.get("profiles", [])}
+    nodes = [f"redis-node-{n}" for n in range(1, 7)]
+    assert set(nodes) | {"redis-cluster-create", "rabbitmq"} <= set(cluster)
+    for node in nodes:
+        assert "--cluster-enabled" in argv(cluster[node])
+        assert environment_of(cluster[node])["REDIS_MASTER_USER"] == "marginwatch-replica"
+    assert "--cluster-replicas 1" in " ".join(argv(cluster["redis-cluster-create"]))
+    daemons = {n: s for n, s in cluster.items() if "build" in s}
+    executors: dict[str, list[str]] = {}
+    for name, service in daemons.items():
+        targets = {s["target"]: s["source"] for s in service["secrets"]}
+        assert targets["MARGINWATCH_REDIS_URL"].startswith("cluster-"), name
+        assert targets["MARGINWATCH_BROKER_URL"] == "broker-url", name
+        assert environment_of(service)["MARGINWATCH_WAIT_REPLICAS"] == "1", name
+        args = _parser().parse_args(argv(service)[1:])
+        if args.command == "executor" and "actions" in args.queues:
+            executors.setdefault(args.partitions, []).append(name)
+    assert {r: len(pair) for r, pair in executors.items()} == {"0-3": 2, "4-7": 2}
 
 
 def test_no_secret_has_a_default_and_every_secret_is_a_file() -> None:
@@ -367,6 +394,8 @@ def test_make_secrets_writes_urls_that_log_in_as_their_users(tmp_path: Path) -> 
         for user in set(COMPONENT_USERS.values()):
             url = (secrets / f"{user}-redis-url").read_text().strip()
             assert url.startswith(f"redis://marginwatch-{user}:")
+            nodes = (secrets / f"cluster-{user}-redis-url").read_text().strip().split(",")
+            assert [n.rsplit("@", 1)[0] for n in nodes] == [url.rsplit("@", 1)[0]] * 6
             local = url.replace("@redis:6379/", f"@127.0.0.1:{port}/")
             wait_for(lambda url=local: _pings(url), f"{user} logs in")
     finally:

@@ -2,7 +2,9 @@
 # Start redis-server with the users of deploy/redis/users.acl, each with the password in its
 # secret file ($REDIS_SECRETS/redis-<user>.password, e.g. redis-marginwatch-worker.password),
 # stored as a SHA-256 hash in the ACL file Redis loads. Refuses to start when a file is missing
-# or empty. Arguments are passed on to redis-server.
+# or empty. With REDIS_MASTER_USER set, a replica authenticates to its primary as that user
+# (masteruser/masterauth, written into a config file, never on the command line). Arguments are
+# passed on to redis-server.
 set -eu
 secrets=${REDIS_SECRETS:-/run/secrets}
 template=${REDIS_ACL_TEMPLATE:-/etc/redis/users.acl}
@@ -25,4 +27,10 @@ while IFS= read -r line; do
   esac
 done < "$template"
 mv "$acl.tmp" "$acl"
-exec redis-server "$@" --aclfile "$acl"
+config="$acl.conf"
+printf 'aclfile %s\n' "$acl" > "$config"
+if [ -n "${REDIS_MASTER_USER:-}" ]; then
+  printf 'masteruser %s\nmasterauth %s\n' "$REDIS_MASTER_USER" \
+    "$(tr -d '\r\n' < "$secrets/redis-$REDIS_MASTER_USER.password")" >> "$config"
+fi
+exec redis-server "$config" "$@"
