@@ -117,8 +117,8 @@ def broker_options(settings: Settings, broker_url: str) -> dict[str, object]:
 def queue_length(app: Celery, queue: str) -> int:
     """Messages waiting in ``queue`` on the broker (taken, unacknowledged ones not counted); 0
     when the queue does not exist yet."""
-    with app.pool.acquire(block=True) as connection:
-        channel = connection.default_channel
+    with app.pool.acquire(block=True) as connection, connection.channel() as channel:
+        # A channel of its own: AMQP closes the channel of a passive declare that fails.
         try:
             return int(channel.queue_declare(queue=queue, passive=True).message_count)
         except connection.channel_errors:
