@@ -14,6 +14,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks.pipeline", description=pipeline.__doc__.split("\n")[0]
     )
     parser.add_argument("--accounts", type=int, default=200_000)
+    parser.add_argument(
+        "--engines",
+        choices=("single", "cluster", "both"),
+        default="single",
+        help="single Redis; Redis Cluster 3+3 with RabbitMQ; or both, one after the other",
+    )
     parser.add_argument("--symbols", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=120.0, help="producer run time")
     parser.add_argument("--partitions", type=int, default=8, help="P, split over 2 workers")

@@ -12,6 +12,7 @@ from decimal import Decimal
 import numpy as np
 import redis
 
+from benchmarks.pipeline.observe import used_memory
 from marginwatch.base.partitions import partition_of
 from marginwatch.base.ticks import Tick
 from marginwatch.cli.book_generator import generate_accounts
@@ -95,7 +96,12 @@ class Book:
     redis_used_bytes: int
 
 
-def load_book(client: redis.Redis, args: argparse.Namespace, marks: Mapping[str, Decimal]) -> Book:
+def load_book(
+    client: redis.Redis,
+    args: argparse.Namespace,
+    marks: Mapping[str, Decimal],
+    primaries: Sequence[str],
+) -> Book:
     """Generate the book (timed), then store it (timed)."""
     started = time.perf_counter()
     top_up = TopUp(args.positions_per_account)
@@ -113,7 +119,7 @@ def load_book(client: redis.Redis, args: argparse.Namespace, marks: Mapping[str,
         {},
         generated - started,
         stored - generated,
-        used_memory(client),
+        used_memory(primaries),
     )
     for account in accounts:
         partition = partition_of(account.account_id, args.partitions)
@@ -122,7 +128,3 @@ def load_book(client: redis.Redis, args: argparse.Namespace, marks: Mapping[str,
         for symbol in {position.symbol for position in account.positions}:
             book.holders.setdefault(symbol, []).append(account.account_id)
     return book
-
-
-def used_memory(client: redis.Redis) -> int:
-    return int(client.info("memory")["used_memory"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -225,3 +226,44 @@ def print_figures(ctx: Context, book: Book, run: PipelineRun, naive_run: NaiveRu
     print_pipeline(ctx, book, run)
     if naive_run is not None:
         print_naive(ctx, book, run, naive_run)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One run's figures, for the side-by-side comparison."""
+
+    title: str
+    book: Book
+    run: PipelineRun
+
+
+def print_comparison(results: Sequence[Result]) -> None:
+    """The runs side by side. On one 2-core box this is the distributed engines' overhead, not
+    their scale-out: every node, broker and daemon shares the same two cores."""
+    load = os.getloadavg()
+    print("\n" + "=" * 30 + " engines side by side " + "=" * 30)
+    print(f"machine: {os.cpu_count()} cores; load average {load[0]:.2f} / {load[1]:.2f} / "
+          f"{load[2]:.2f}")  # fmt: skip
+    print("every server and daemon shares this one box: this is overhead, not scale-out")
+    rows = [
+        ("tick->MARGIN_CALL p50 ms", lambda r: percentile(r.run.latencies_ms, 50)),
+        ("tick->MARGIN_CALL p99 ms", lambda r: percentile(r.run.latencies_ms, 99)),
+        ("tick->liquidation p99 ms", lambda r: percentile(r.run.liquidation_latencies_ms, 99)),
+        ("margin calls", lambda r: float(len(r.run.latencies_ms))),
+        ("liquidations executed", lambda r: float(len(r.run.liquidation_latencies_ms))),
+        ("evaluation mean ms", lambda r: r.run.evaluation_ms[0] if r.run.evaluation_ms else nan),
+        ("state memory after load MiB", lambda r: r.book.redis_used_bytes / 2**20),
+        ("servers' CPU (cores)", lambda r: servers_cpu(r.run)),
+    ]
+    print(f"{'':32}" + "".join(f"{r.title[:34]:>36}" for r in results))
+    for name, value in rows:
+        print(f"{name:32}" + "".join(f"{value(r):>36,.1f}" for r in results))
+
+
+nan = float("nan")
+
+
+def servers_cpu(run: PipelineRun) -> float:
+    """CPU of the Redis and RabbitMQ processes together, in cores, over the run."""
+    shares = cpu_shares(run.samples)
+    return sum(v for name, v in shares.items() if name.startswith(("redis", "rabbitmq")))

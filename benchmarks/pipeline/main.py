@@ -12,55 +12,71 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
-import redis
-
 from benchmarks.pipeline.args import parse_args
 from benchmarks.pipeline.book import load_book, pick_symbols, publish_marks, start_marks
 from benchmarks.pipeline.config import log
 from benchmarks.pipeline.daemons import Daemons
-from benchmarks.pipeline.figures import print_figures
+from benchmarks.pipeline.engines import KINDS, broker_client, start_engines
+from benchmarks.pipeline.figures import Result, print_comparison, print_figures
 from benchmarks.pipeline.naive import run_naive
+from benchmarks.pipeline.observe import Probe
 from benchmarks.pipeline.run import Context, run_pipeline
-from marginwatch.cli.embedded_redis import start_redis_server
+from marginwatch.base.settings import Settings
+from marginwatch.runtime.celery_app import make_celery
+from marginwatch.state.connection import open_redis
 
 
 def raise_interrupt(_number: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def benchmark(args: argparse.Namespace, stack: ExitStack) -> None:
-    server = start_redis_server()
-    stack.callback(server.stop)
-    logs = Path(tempfile.mkdtemp(prefix="marginwatch-bench-"))
+def benchmark(args: argparse.Namespace, stack: ExitStack, kind: str) -> Result:
+    """One run of the pipeline (and, on a single Redis, the naive baseline) on ``kind``'s
+    servers; its figures printed."""
+    engines = start_engines(kind)
+    stack.callback(engines.stop)
+    logs = Path(tempfile.mkdtemp(prefix=f"marginwatch-bench-{kind}-"))
     env = {
         **os.environ,
-        "MARGINWATCH_REDIS_URL": server.url,
+        "MARGINWATCH_REDIS_URL": engines.state_url,
+        "MARGINWATCH_BROKER_URL": engines.broker_url,
         "MARGINWATCH_PARTITIONS": str(args.partitions),
     }
     daemons = Daemons(logs, env)
     stack.callback(daemons.stop_all)
-    client = redis.Redis.from_url(server.url)
-    ctx = Context(args, server, client, daemons, pick_symbols(args.symbols))
+    client = open_redis(engines.state_url)
+    app = make_celery(Settings(redis_url=engines.state_url, partitions=args.partitions),
+                      engines.broker_url)  # fmt: skip
+    stack.callback(app.close)
+    probe = Probe(client, app, engines.primaries, args.partitions, broker_client(engines))
+    ctx = Context(args, engines, client, daemons, pick_symbols(args.symbols), probe)
     marks = start_marks(ctx.symbols, args.seed)
     publish_marks(client, marks)
-    log(f"redis-server at {server.url}; logs in {logs}; generating {args.accounts:,} accounts")
-    book = load_book(client, args, marks)
+    log(f"{engines.title}; logs in {logs}; generating {args.accounts:,} accounts")
+    book = load_book(client, args, marks, engines.primaries)
     log(f"stored {book.accounts:,} accounts ({book.positions:,} positions); starting daemons")
     run = run_pipeline(ctx, book)
-    log(f"pipeline done: {len(run.latencies_ms):,} margin calls; naive baseline next")
-    naive_run = run_naive(ctx, book) if args.naive_seconds > 0 else None
+    log(f"pipeline done: {len(run.latencies_ms):,} margin calls")
+    naive_run = run_naive(ctx, book) if args.naive_seconds > 0 and kind == "single" else None
+    print(f"\n##### engines: {engines.title}")
     print_figures(ctx, book, run, naive_run)
+    return Result(engines.title, book, run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, raise_interrupt)
-    with ExitStack() as stack:
-        try:
-            benchmark(args, stack)
-        except KeyboardInterrupt:
-            log("interrupted; stopping every child process and the server")
-            return 130
+    kinds = KINDS if args.engines == "both" else (args.engines,)
+    try:
+        results = []
+        for kind in kinds:
+            with ExitStack() as stack:
+                results.append(benchmark(args, stack, kind))
+        if len(results) > 1:
+            print_comparison(results)
+    except KeyboardInterrupt:
+        log("interrupted; stopping every child process and the servers")
+        return 130
     return 0
 
 

@@ -81,7 +81,7 @@ def run_naive(ctx: Context, book: Book) -> NaiveRun:
     ]
     daemons.start("naive-dispatcher", dispatch)
     time.sleep(3.0)  # the dispatcher's imports and index, before the first tick it must see
-    pids = {**daemons.pids("naive"), "redis": ctx.server.process.pid}
+    pids = {**daemons.pids("naive"), **ctx.engines.pids}
     last_tick_id = newest_tick_id(client)
     producer = daemons.start(
         "producer-naive", producer_command(ctx.symbols, seconds, ctx.args.seed, [])
@@ -137,7 +137,7 @@ def naive_sample(ctx: Context, pids: Mapping[str, int]) -> Sample:
 
 def warm_up_naive(ctx: Context, account_ids: list[str]) -> None:
     """Send a few tasks and wait until both workers have run some (imports, first reads)."""
-    naive.send(naive.make_app(ctx.server.url), account_ids[:20])
+    naive.send(naive.make_app(ctx.engines.state_url), account_ids[:20])
     wait_until(
         lambda: int(ctx.client.get(naive.DONE) or 0) >= 20,
         120,

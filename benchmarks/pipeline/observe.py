@@ -7,29 +7,47 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import redis
+from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.pipeline.config import HISTOGRAMS, SCRAPED
 from benchmarks.pipeline.daemons import Daemons
 from benchmarks.pipeline.proc import cpu_seconds, rss_kib
 from marginwatch.base import keys
-from marginwatch.runtime.celery_app import executor_queues, partition_queue
+from marginwatch.runtime.celery_app import executor_queues, partition_queue, queue_length
+
+
+@dataclass
+class Probe:
+    """What the benchmark reads its samples from: the state (one Redis or a cluster; its
+    primaries' URLs for memory and keyspace notifications) and Celery's broker."""
+
+    client: redis.Redis
+    app: Celery
+    primaries: Sequence[str]
+    partitions: int
+    broker_redis: redis.Redis | None  # the broker when it is a Redis (its unacked hash)
 
 
 class EvaluationCounter:
-    """Times of every write of each partition's ``evaluated`` key (keyspace notifications)."""
+    """Times of every write of each partition's ``evaluated`` key (keyspace notifications, on
+    every primary: a key's notification comes from the node that holds it)."""
 
-    def __init__(self, url: str, partitions: int) -> None:
-        self.client = redis.Redis.from_url(url)  # kept: its pool holds the pubsub connection
-        self.client.config_set("notify-keyspace-events", "K$")
+    def __init__(self, primaries: Sequence[str], partitions: int) -> None:
         self.channels = {
             f"__keyspace@0__:{keys.partition_evaluated(p)}".encode(): p for p in range(partitions)
         }
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        self.pubsub.subscribe(*self.channels)
+        self.clients = [redis.Redis.from_url(url) for url in primaries]  # their pools hold pubsub
+        self.pubsubs = []
+        for client in self.clients:
+            client.config_set("notify-keyspace-events", "K$")
+            pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub.subscribe(*self.channels)
+            self.pubsubs.append(pubsub)
         self.times: list[list[float]] = [[] for _ in range(partitions)]
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._listen, daemon=True)
@@ -37,9 +55,10 @@ class EvaluationCounter:
 
     def _listen(self) -> None:
         while not self.stopping.is_set():
-            message = self.pubsub.get_message(timeout=0.2)
-            if message is not None and message["channel"] in self.channels:
-                self.times[self.channels[message["channel"]]].append(time.time())
+            for pubsub in self.pubsubs:
+                message = pubsub.get_message(timeout=0.2 / len(self.pubsubs))
+                if message is not None and message["channel"] in self.channels:
+                    self.times[self.channels[message["channel"]]].append(time.time())
 
     def counts(self, since: float, until: float) -> list[int]:
         return [sum(since <= t <= until for t in times) for times in self.times]
@@ -47,7 +66,8 @@ class EvaluationCounter:
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(timeout=2)
-        self.pubsub.close()
+        for pubsub in self.pubsubs:
+            pubsub.close()
 
 
 def scrape(port: int, names: Sequence[str]) -> dict[str, float] | None:
@@ -121,33 +141,39 @@ class Sample:
         return self.tick_sequence - min(self.evaluated) if self.evaluated else 0
 
 
-def take_sample(client: redis.Redis, partitions: int, pids: Mapping[str, int]) -> Sample:
-    pipe = client.pipeline(transaction=False)
+def take_sample(probe: Probe, pids: Mapping[str, int]) -> Sample:
+    partitions = probe.partitions
+    pipe = probe.client.pipeline(transaction=False)  # on a cluster: split by node
     pipe.get(keys.TICK_SEQUENCE)
-    pipe.mget([keys.partition_evaluated(p) for p in range(partitions)])
-    pipe.mget([keys.partition_pending(p) for p in range(partitions)])
-    queues = [
-        *(partition_queue(p) for p in range(partitions)),
-        *executor_queues(range(partitions)),
-    ]
-    for name in queues:
-        pipe.llen(name)
-    pipe.hlen("unacked")
-    pipe.info("memory")
+    for p in range(partitions):
+        pipe.get(keys.partition_evaluated(p))
+        pipe.get(keys.partition_pending(p))
     reply = pipe.execute()
-    lengths = reply[3 : 3 + len(queues)]
+    evaluated, pending = reply[1::2], reply[2::2]
+    queues = [*(partition_queue(p) for p in range(partitions)), *executor_queues(range(partitions))]
+    lengths = [queue_length(probe.app, name) for name in queues]
+    unacked = int(probe.broker_redis.hlen("unacked")) if probe.broker_redis is not None else 0  # type: ignore[arg-type]
     return Sample(
         at=time.time(),
         tick_sequence=int(reply[0] or 0),
-        evaluated=tuple(int(v or 0) for v in reply[1]),
+        evaluated=tuple(int(v or 0) for v in evaluated),
         partition_queued=sum(lengths[:partitions]),
         actions_queued=sum(lengths[partitions:]),
-        unacked=int(reply[-2]),
-        pending_flags=sum(v is not None for v in reply[2]),
-        redis_used=int(reply[-1]["used_memory"]),
+        unacked=unacked,
+        pending_flags=sum(v is not None for v in pending),
+        redis_used=used_memory(probe.primaries),
         rss_kib={name: rss_kib(pid) for name, pid in pids.items()},
         cpu_seconds={name: cpu_seconds(pid) for name, pid in pids.items()},
     )
+
+
+def used_memory(primaries: Sequence[str]) -> int:
+    """Bytes used by the state's primaries, together."""
+    total = 0
+    for url in primaries:
+        info: Any = redis.Redis.from_url(url).info("memory")
+        total += int(info["used_memory"])
+    return total
 
 
 def cpu_shares(samples: Sequence[Sample]) -> dict[str, float]:

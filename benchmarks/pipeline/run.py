@@ -31,8 +31,10 @@ from benchmarks.pipeline.daemons import (
     wait_until,
     worker_specs,
 )
+from benchmarks.pipeline.engines import Engines
 from benchmarks.pipeline.observe import (
     EvaluationCounter,
+    Probe,
     Sample,
     cpu_shares,
     metric_mean,
@@ -43,7 +45,7 @@ from benchmarks.pipeline.observe import (
 )
 from benchmarks.pipeline.proc import all_cpu_seconds, machine_busy_seconds, other_processes
 from marginwatch.base import keys
-from marginwatch.cli.embedded_redis import RedisServer, free_port
+from marginwatch.cli.embedded_redis import free_port
 from marginwatch.state import streams
 
 
@@ -86,10 +88,11 @@ class Context:
     """The shared resources of one benchmark run."""
 
     args: argparse.Namespace
-    server: RedisServer
+    engines: Engines
     client: redis.Redis
     daemons: Daemons
     symbols: tuple[str, ...]
+    probe: Probe
 
 
 def start_pipeline(ctx: Context) -> list[int]:
@@ -133,13 +136,13 @@ def start_profilers(daemons: Daemons, seconds: float) -> None:
 
 
 def all_evaluated(client: redis.Redis, partitions: int, sequence: int) -> bool:
-    marks = client.mget([keys.partition_evaluated(p) for p in range(partitions)])
+    marks = [client.get(keys.partition_evaluated(p)) for p in range(partitions)]
     return all(mark is not None and int(mark) >= sequence for mark in marks)
 
 
-def caught_up(client: redis.Redis, partitions: int) -> bool:
+def caught_up(probe: Probe) -> bool:
     """Every partition has read the newest tick; no evaluation or action is queued."""
-    sample = take_sample(client, partitions, {})
+    sample = take_sample(probe, {})
     queued = sample.partition_queued + sample.actions_queued + sample.unacked
     return sample.max_lag == 0 and queued == 0 and sample.pending_flags == 0
 
@@ -158,7 +161,7 @@ def run_pipeline(ctx: Context, book: Book) -> PipelineRun:
         ctx.daemons,
     )
     run.ready_seconds = time.monotonic() - started
-    counter = EvaluationCounter(ctx.server.url, partitions)
+    counter = EvaluationCounter(ctx.engines.primaries, partitions)
     try:
         measure_producer_run(ctx, run, ports, counter, book)
     finally:
@@ -176,7 +179,7 @@ def measure_producer_run(
     ctx: Context, run: PipelineRun, ports: list[int], counter: EvaluationCounter, book: Book
 ) -> None:
     client, daemons = ctx.client, ctx.daemons
-    pids = {**daemons.pids(), "redis": ctx.server.process.pid}
+    pids = {**daemons.pids(), **ctx.engines.pids}
     others_before, busy_before = all_cpu_seconds(), machine_busy_seconds()
     sequence_before = int(client.get(keys.TICK_SEQUENCE) or 0)
     command = producer_command(ctx.symbols, ctx.args.seconds, ctx.args.seed, run.scenarios)
@@ -194,7 +197,7 @@ def measure_producer_run(
     metrics_before = scrape_all(ports)  # the window starts here (not with the seeded ticks)
     run.samples = sample_while(
         lambda: producer.poll() is None,
-        lambda: take_sample(client, ctx.args.partitions, pids),
+        lambda: take_sample(ctx.probe, pids),
         daemons,
     )
     run.window = (first_tick, time.time())
@@ -207,7 +210,7 @@ def measure_producer_run(
     count_evaluations(run, counter, book, metrics_before, metrics_after)
     with suppress(RuntimeError):
         run.drain_seconds = wait_until(
-            lambda: caught_up(client, ctx.args.partitions),
+            lambda: caught_up(ctx.probe),
             DRAIN_TIMEOUT_S,
             "the backlog to drain",
             daemons,
