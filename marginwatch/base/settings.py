@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     )
     log_format: Literal["text", "json"] = Field("text", description="daemons' log lines")
     log_level: str = Field("INFO", description="the daemons' level; --loglevel overrides it")
+    task_events: bool = Field(
+        False, description="Celery task events and worker heartbeats (Flower, celery-exporter)"
+    )
 
     @field_validator("log_level")
     @classmethod

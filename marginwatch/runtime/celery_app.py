@@ -1,5 +1,10 @@
 """The Celery application, configured for money; the names of every task and queue; and the
-one mapping between an action's kind and the task that carries it."""
+one mapping between an action's kind and the task that carries it.
+
+Each daemon builds its own app with ``make_celery`` and registers its tasks on it, bound to its
+runtime. ``attachable_app`` is the app Celery's own tools load (``celery -A marginwatch``, see
+``marginwatch.celery``): the same configuration, read from the ``MARGINWATCH_*`` settings the
+first time the app's configuration is needed, never at import."""
 
 from __future__ import annotations
 
@@ -8,9 +13,11 @@ from collections.abc import Sequence
 from celery import Celery
 
 from marginwatch.base.actions import Action, ActionKind
-from marginwatch.base.settings import Settings
+from marginwatch.base.settings import Settings, read_settings
+from marginwatch.base.settings import broker_url as configured_broker_url
 from marginwatch.runtime.observe import REDIS_ERRORS
 
+APP_NAME = "marginwatch"
 TASK_EVALUATE_PARTITION = "marginwatch.evaluate_partition"
 # Every margin call one evaluation found, in one message (a list of margin-call actions).
 TASK_MARGIN_CALLS = "marginwatch.margin_calls"
@@ -74,26 +81,49 @@ def executor_queues(partitions: Sequence[int]) -> list[str]:
 
 
 def make_celery(settings: Settings, broker_url: str) -> Celery:
-    """JSON only; late acks with requeue on worker loss; prefetch 1; time limits; the
-    broker's own options (``broker_options``)."""
-    app = Celery("marginwatch", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_ignore_result=True,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_time_limit=settings.task_time_limit_seconds,
-        task_soft_time_limit=max(1, settings.task_time_limit_seconds - 5),
-        broker_connection_retry_on_startup=True,
-        task_default_queue=_DEFAULT_QUEUE,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        **broker_options(settings, broker_url),
-    )
+    """A daemon's app, configured by ``celery_options``."""
+    app = Celery(APP_NAME, set_as_current=False)
+    app.conf.update(celery_options(settings, broker_url))
     return app
+
+
+def attachable_app() -> Celery:
+    """The app of Celery's commands, Flower and celery-exporter: configured like the daemons'
+    from the ``MARGINWATCH_*`` settings when its configuration is first read (a bad setting
+    raises ``ConfigurationError`` then), so importing it reads nothing."""
+    app = Celery(APP_NAME, set_as_current=False)
+    app.add_defaults(_options_from_settings)
+    return app
+
+
+def _options_from_settings() -> dict[str, object]:
+    settings = read_settings()
+    return celery_options(settings, configured_broker_url(settings))
+
+
+def celery_options(settings: Settings, broker_url: str) -> dict[str, object]:
+    """JSON only; late acks with requeue on worker loss; prefetch 1; time limits; remote
+    control on (``celery inspect``, Flower); task events when ``MARGINWATCH_TASK_EVENTS``; the
+    broker's own options (``broker_options``)."""
+    return {
+        "broker_url": broker_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": settings.task_time_limit_seconds,
+        "task_soft_time_limit": max(1, settings.task_time_limit_seconds - 5),
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": _DEFAULT_QUEUE,
+        "worker_hijack_root_logger": False,
+        "worker_enable_remote_control": True,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
+        **broker_options(settings, broker_url),
+    }
 
 
 def is_amqp(broker_url: str) -> bool:

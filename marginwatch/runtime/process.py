@@ -101,8 +101,16 @@ def run_celery(app: Celery, queues: Sequence[str], name: str, settings: Settings
     app.worker_main(
         [*quiet, "worker", "--pool=solo", "--concurrency=1",
          "-Q", ",".join(queues), "-n", f"{name}@{socket.gethostname()}",
-         "--without-gossip", "--without-mingle", "--without-heartbeat"]
+         *celery_worker_flags(settings)]
     )  # fmt: skip
+
+
+def celery_worker_flags(settings: Settings) -> list[str]:
+    """No gossip, no mingle (no chatter between workers, no wait at start); no event
+    heartbeats unless task events are on: Flower and celery-exporter take a worker without
+    heartbeats for offline. Remote control stays on (``celery inspect ping``)."""
+    heartbeat = [] if settings.task_events else ["--without-heartbeat"]
+    return ["--without-gossip", "--without-mingle", *heartbeat]
 
 
 def supervised(target: Callable[[threading.Event], None], stop: threading.Event) -> None:
