@@ -203,16 +203,47 @@ def pipeline_health() -> Json:
         quantiles(metrics.TICK_TO_ACTION_LATENCY, "action", "", "{{action}}"),
     )
     grid.timeseries(
+        "Queued messages by queue",
+        (
+            "Messages waiting in each partition's Celery queues (evaluations, margin calls, "
+            "liquidations), measured by its worker at most once a second. Liquidations piling up: "
+            "the executor does not keep up."
+        ),
+        (12, 8),
+        "short",
+        [
+            q(
+                f"max by (queue_kind, partition) ({series(metrics.QUEUE_MESSAGES, PARTITION)})",
+                "{{queue_kind}} {{partition}}",
+            )
+        ],
+    )
+    grid.timeseries(
         "Oldest due liquidation",
         (
             "Per partition, how long the oldest liquidation found due (confirmed exactly) has "
             "waited for an executor; 0 when none waits."
         ),
-        (24, 7),
+        (12, 7),
         "s",
         [
             q(
                 f"max by (partition) ({series(metrics.OLDEST_DUE_LIQUIDATION, PARTITION)})",
+                "partition {{partition}}",
+            )
+        ],
+    )
+    grid.timeseries(
+        "Oldest pending webhook delivery",
+        (
+            "Per partition, how long the oldest margin-call webhook not yet delivered (unread, "
+            "being attempted, or waiting for a retry) has waited in the outbox; 0 when none."
+        ),
+        (12, 7),
+        "s",
+        [
+            q(
+                f"max by (partition) ({series(metrics.OLDEST_WEBHOOK_DELIVERY, PARTITION)})",
                 "partition {{partition}}",
             )
         ],

@@ -67,6 +67,8 @@ ISSUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "marginwatch_webhook_deliveries_total": ("counter", ("result",)),
     "marginwatch_account_events_total": ("counter", ("outcome",)),
     "marginwatch_book_reloads_total": ("counter", ("reason",)),
+    "marginwatch_queue_messages": ("gauge", ("queue_kind", "partition")),
+    "marginwatch_oldest_webhook_delivery_age_seconds": ("gauge", ("partition",)),
 }
 SERIES_SUFFIXES = {
     "counter": ("",),
@@ -89,6 +91,7 @@ LABEL_VALUES = {
     "result": ("delivered", "failed", "retried"),
     "outcome": ("accepted", "rejected", "duplicate"),
     "kind": ("tick", "account", "action"),
+    "queue_kind": ("evaluations", "margin_calls", "liquidations"),
 }
 # Grafana's variables, replaced as Grafana would for "All" and a 5-minute rate interval.
 GRAFANA_VARIABLES = {

@@ -46,6 +46,7 @@ from marginwatch.executor.instrumentation import (
     count_task_signal,
     insurance_fund_reader,
     observe_applied,
+    oldest_webhook_delivery_reader,
 )
 from marginwatch.executor.tasks import (
     ExecutorRuntime,
@@ -63,8 +64,11 @@ from marginwatch.runtime.celery_app import (
     TASK_MARGIN_CALLS,
     actions_queue,
     make_celery,
+    send_actions,
+    send_evaluation,
 )
 from marginwatch.runtime.observe import REDIS_ERRORS
+from marginwatch.state import outbox
 from marginwatch.state.accounts import store_accounts
 from marginwatch.state.applier import run_applier
 from marginwatch.worker import tasks as worker_tasks
@@ -292,6 +296,27 @@ def test_the_oldest_due_liquidation_age_is_exported(runtime: WorkerRuntime) -> N
     assert runtime.client.llen(actions_queue(0)) == 1
 
 
+def test_queue_lengths_are_exported_by_kind_and_partition(runtime: WorkerRuntime) -> None:
+    """After an evaluation, at most once a second: the messages waiting in the partition's
+    evaluation, margin-call and liquidation queues."""
+    registry = CollectorRegistry()
+    runtime.metrics = WorkerMetrics(registry)
+    for _ in range(2):
+        send_evaluation(runtime.app, 0)
+    send_actions(runtime.app, 0, [Action(ActionKind.LIQUIDATION, 0, "H", "cross", 1)] * 3)
+    run_evaluation(runtime, 0)  # E is at margin call: one batch of margin calls sent
+    queued = {kind: sample(registry, "marginwatch_queue_messages", queue_kind=kind, partition="0")
+              for kind in ("evaluations", "margin_calls", "liquidations")}  # fmt: skip
+    assert queued == {"evaluations": 2, "margin_calls": 1, "liquidations": 3}
+    send_evaluation(runtime.app, 0)
+    run_evaluation(runtime, 0)  # within the second: not measured again
+    name = "marginwatch_queue_messages"
+    assert sample(registry, name, queue_kind="evaluations", partition="0") == 2
+    runtime.book_gauges_due.last.clear()
+    run_evaluation(runtime, 0)
+    assert sample(registry, name, queue_kind="evaluations", partition="0") == 3
+
+
 def test_liquidation_map_is_refreshed_at_most_once_a_second(runtime: WorkerRuntime) -> None:
     """A second evaluation within the second keeps the map it computed first."""
     registry = CollectorRegistry()
@@ -388,6 +413,44 @@ def test_insurance_fund_is_exported_only_when_it_can_be_read(redis_client: redis
     gone = redis.Redis(port=free_port(), retry=no_retry)
     metrics.insurance_fund.read = insurance_fund_reader(gone, [0])
     assert sample(registry, name, partition="0") is None
+
+
+def outbox_entry(client: redis.Redis, partition: int, seconds_ago: float) -> str:
+    """A delivery written to the partition's outbox ``seconds_ago``; its id."""
+    entry_id = f"{time.time_ns() // 1_000_000 - int(seconds_ago * 1000)}-0"
+    client.xadd(keys.webhook_outbox(partition), {"url": "http://127.0.0.1:9/"}, id=entry_id)
+    return entry_id
+
+
+def test_the_oldest_pending_webhook_delivery_age_is_exported(redis_client: redis.Redis) -> None:
+    """Read at scrape: the oldest delivery unread, taken and unacknowledged, or waiting for a
+    retry; 0 with none; no sample while Redis cannot be read."""
+    registry = CollectorRegistry()
+    metrics = ExecutorMetrics(registry)
+    metrics.oldest_webhook_delivery.read = oldest_webhook_delivery_reader(redis_client, [0, 1])
+
+    def age(partition: str = "0") -> float | None:
+        return sample(registry, "marginwatch_oldest_webhook_delivery_age_seconds",
+                      partition=partition)  # fmt: skip
+
+    assert (age(), age("1")) == (0, 0)  # no outbox yet
+    first, second = (outbox_entry(redis_client, 0, ago) for ago in (50, 40))
+    assert 50 <= (age() or 0) < 55  # unread, no deliverer group yet
+    outbox.ensure_group(redis_client, 0)
+    assert outbox.read_new(redis_client, 0, "deliverer-1", 1)[0][0] == first
+    assert 50 <= (age() or 0) < 55  # taken, not acknowledged
+    outbox.retry_later(redis_client, 0, first, 1, time.time_ns() // 1_000_000 + 60_000)
+    assert 50 <= (age() or 0) < 55  # waiting for its retry
+    outbox.delivered(redis_client, 0, first)
+    assert 40 <= (age() or 0) < 45  # the second, unread
+    entry = outbox.read_new(redis_client, 0, "deliverer-1", 1)[0]
+    outbox.dead_letter(redis_client, 0, entry, 5, "refused")
+    assert (age(), age("1")) == (0, 0)
+    assert second == entry[0]
+    no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+    gone = redis.Redis(port=free_port(), retry=no_retry)
+    metrics.oldest_webhook_delivery.read = oldest_webhook_delivery_reader(gone, [0])
+    assert age() is None
 
 
 def test_applier_steps_count_account_events(executor: ExecutorRuntime) -> None:
@@ -567,6 +630,10 @@ def test_every_daemon_serves_metrics_on_its_port(
         wait_for(lambda: scraped(ports["worker"]).get(evaluations, 0) > 0, "an evaluation")
         fund = 'marginwatch_insurance_fund_usdt{partition="0"}'
         wait_for(lambda: scraped(ports["executor"]).get(fund) == float(FUND), "the fund")
+        webhooks = 'marginwatch_oldest_webhook_delivery_age_seconds{partition="0"}'
+        assert scraped(ports["executor"]).get(webhooks) == 0
+        liquidations = 'marginwatch_queue_messages{partition="0",queue_kind="liquidations"}'
+        wait_for(lambda: scraped(ports["worker"]).get(liquidations) == 0, "the liquidation queue")
     finally:
         for process in processes:
             process.terminate()

@@ -44,6 +44,7 @@ PARTITION_PENDING = "marginwatch_partition_pending_evaluations"
 PARTITION_LAST_SEQUENCE = "marginwatch_partition_last_evaluated_tick_sequence"
 STALE_SYMBOLS = "marginwatch_stale_symbols"
 OLDEST_DUE_LIQUIDATION = "marginwatch_oldest_due_liquidation_age_seconds"
+QUEUE_MESSAGES = "marginwatch_queue_messages"
 LIQUIDATION_MAP = "marginwatch_liquidation_map_notional_usdt"
 ACTIONS_SENT = "marginwatch_actions_sent_total"
 BOOK_RELOADS = "marginwatch_book_reloads_total"
@@ -59,6 +60,7 @@ ACTION_FAILURES = "marginwatch_action_failures_total"
 ACTION_RETRIES = "marginwatch_action_retries_total"
 WEBHOOK_DELIVERIES = "marginwatch_webhook_deliveries_total"
 ACCOUNT_EVENTS = "marginwatch_account_events_total"
+OLDEST_WEBHOOK_DELIVERY = "marginwatch_oldest_webhook_delivery_age_seconds"
 
 # Label values (each a fixed, small set).
 # Statuses in the order of the batch path's codes (engine.types.STATUS_ORDER; the producer
@@ -165,6 +167,12 @@ class WorkerMetrics:
             ["partition"],
             registry=registry,
         )
+        self.queue_messages = Gauge(
+            QUEUE_MESSAGES,
+            "Messages waiting in one of the partition's Celery queues (taken ones not counted)",
+            ["queue_kind", "partition"],
+            registry=registry,
+        )
         self.redis_errors = _redis_errors(registry, "worker")
         self.book_reloads = _counter(
             registry, BOOK_RELOADS, "Books read again from Redis, by reason", "reason",
@@ -235,8 +243,15 @@ class ExecutorMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.insurance_fund = InsuranceFundCollector()
+        self.insurance_fund = PartitionsReadAtScrape(
+            INSURANCE_FUND, "A partition's ledger of the insurance fund (USDT), read at scrape"
+        )
         registry.register(self.insurance_fund)
+        self.oldest_webhook_delivery = PartitionsReadAtScrape(
+            OLDEST_WEBHOOK_DELIVERY,
+            "Age of the partition's oldest webhook delivery not yet made nor given up (0: none)",
+        )
+        registry.register(self.oldest_webhook_delivery)
         self.action_failures = _counter(
             registry, ACTION_FAILURES, "Action tasks that failed for good", "action", ACTIONS
         )
@@ -457,16 +472,18 @@ class LiquidationMapCollector(Collector):
         )
 
 
-class InsuranceFundCollector(Collector):
-    """``marginwatch_insurance_fund_usdt{partition}``: each served partition's ledger of the
-    fund as ``read`` returns them at each scrape.
+class PartitionsReadAtScrape(Collector):
+    """A gauge with one sample per served partition, as ``read`` returns them at each scrape
+    (``marginwatch_insurance_fund_usdt``, ``marginwatch_oldest_webhook_delivery_age_seconds``).
 
-    ``read`` returns ``None`` when the ledgers are unknown (no sample is exported): by default,
-    and in executors that only deliver webhooks. Two executors may serve the same partitions
-    (fail-over), so the fund is ``sum(max by (partition) (marginwatch_insurance_fund_usdt))``.
+    ``read`` returns ``None`` when the values are unknown (no sample is exported): by default,
+    and while Redis cannot be read. Two executors may serve the same partitions (fail-over), so
+    take ``max by (partition)`` before summing, e.g. the fund is
+    ``sum(max by (partition) (marginwatch_insurance_fund_usdt))``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name, self.documentation = name, documentation
         self.read: Callable[[], Mapping[int, float] | None] = lambda: None
 
     def describe(self) -> Iterable[Metric]:
@@ -474,15 +491,10 @@ class InsuranceFundCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         family = self._family()
-        ledgers = self.read()
-        for partition, value in sorted((ledgers or {}).items()):
+        values = self.read()
+        for partition, value in sorted((values or {}).items()):
             family.add_metric([str(partition)], value)
         return [family]
 
-    @staticmethod
-    def _family() -> GaugeMetricFamily:
-        return GaugeMetricFamily(
-            INSURANCE_FUND,
-            "A partition's ledger of the insurance fund (USDT), read at scrape",
-            labels=["partition"],
-        )
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=["partition"])

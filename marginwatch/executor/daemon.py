@@ -21,7 +21,11 @@ from redis.retry import Retry
 
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.base.settings import ConfigurationError, Settings, redis_url
-from marginwatch.executor.instrumentation import insurance_fund_reader, observe_applied
+from marginwatch.executor.instrumentation import (
+    insurance_fund_reader,
+    observe_applied,
+    oldest_webhook_delivery_reader,
+)
 from marginwatch.executor.outbox import Deliverer, run_deliverer
 from marginwatch.executor.tasks import ExecutorRuntime, register_tasks
 from marginwatch.runtime.celery_app import consume_in_listed_order, executor_queues
@@ -56,16 +60,18 @@ def _executor_metrics(
     registry: CollectorRegistry,
     symbols: Sequence[str],
 ) -> ExecutorMetrics:
-    """The executor's metrics; one that liquidates exports its partitions' ledgers of the fund,
-    read at each scrape with a client that fails fast (a scrape never hangs on Redis)."""
+    """The executor's metrics; its partitions' oldest webhook delivery and, for one that
+    liquidates, their ledgers of the fund, read at each scrape with a client that fails fast
+    (a scrape never hangs on Redis)."""
     metrics = ExecutorMetrics(registry, symbols)
+    scrape_client = open_redis(
+        redis_url(settings),
+        socket_timeout=SCRAPE_TIMEOUT_SECONDS,
+        socket_connect_timeout=SCRAPE_TIMEOUT_SECONDS,
+        retry=Retry(NoBackoff(), 0),
+    )
+    metrics.oldest_webhook_delivery.read = oldest_webhook_delivery_reader(scrape_client, partitions)
     if "actions" in roles:
-        scrape_client = open_redis(
-            redis_url(settings),
-            socket_timeout=SCRAPE_TIMEOUT_SECONDS,
-            socket_connect_timeout=SCRAPE_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
-        )
         metrics.insurance_fund.read = insurance_fund_reader(scrape_client, partitions)
     return metrics
 

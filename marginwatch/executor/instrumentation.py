@@ -20,6 +20,7 @@ from marginwatch.base.pools import margin_mode_of
 from marginwatch.executor.liquidation import LiquidationOutcome
 from marginwatch.runtime.celery_app import KIND_OF_TASK
 from marginwatch.runtime.observe import age_seconds
+from marginwatch.state import outbox
 from marginwatch.state.applier import AppliedCounts
 from marginwatch.state.fund import read_ledgers
 
@@ -77,6 +78,23 @@ def insurance_fund_reader(
         except redis.RedisError:
             return None
         return {partition: float(balance) for partition, balance in ledgers.items()}
+
+    return read
+
+
+def oldest_webhook_delivery_reader(
+    client: redis.Redis, partitions: Sequence[int]
+) -> Callable[[], dict[int, float] | None]:
+    """Reads, for a scrape, the age of each served partition's oldest webhook delivery still to
+    make (0 when none; ``None`` when Redis fails)."""
+
+    def read() -> dict[int, float] | None:
+        try:
+            oldest = {p: outbox.oldest_pending_ms(client, p) for p in partitions}
+        except redis.RedisError:
+            return None
+        now = time.time()
+        return {p: 0.0 if ms is None else age_seconds(now, ms) for p, ms in oldest.items()}
 
     return read
 

@@ -9,6 +9,7 @@ first time the app's configuration is needed, never at import."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 
 from celery import Celery
 
@@ -33,6 +34,21 @@ _MARGIN_CALLS_QUEUE = "marginwatch.margin-calls.{partition}"
 _ACTIONS_QUEUE = "marginwatch.actions.{partition}"
 _DEFAULT_QUEUE = "marginwatch.default"  # nothing is sent there: every task names its queue
 
+
+class QueueKind(StrEnum):
+    """The kinds of a partition's queues (the ``queue_kind`` of their measured lengths)."""
+
+    EVALUATIONS = "evaluations"
+    MARGIN_CALLS = "margin_calls"
+    LIQUIDATIONS = "liquidations"
+
+
+_QUEUE_OF_KIND = {
+    QueueKind.EVALUATIONS: _PARTITION_QUEUE,
+    QueueKind.MARGIN_CALLS: _MARGIN_CALLS_QUEUE,
+    QueueKind.LIQUIDATIONS: _ACTIONS_QUEUE,
+}
+
 TASK_OF_KIND = {
     ActionKind.MARGIN_CALL: TASK_MARGIN_CALLS,
     ActionKind.MARGIN_CALL_RESOLVED: TASK_MARGIN_CALL_RESOLVED,
@@ -54,17 +70,21 @@ VISIBILITY_MARGIN_SECONDS = 300
 
 def partition_queue(partition: int) -> str:
     """The queue of the partition's evaluations."""
-    return _PARTITION_QUEUE.format(partition=partition)
+    return queue_of_kind(QueueKind.EVALUATIONS, partition)
 
 
 def margin_calls_queue(partition: int) -> str:
     """The queue of the partition's margin calls and resolutions."""
-    return _MARGIN_CALLS_QUEUE.format(partition=partition)
+    return queue_of_kind(QueueKind.MARGIN_CALLS, partition)
 
 
 def actions_queue(partition: int) -> str:
     """The queue of the partition's liquidations."""
-    return _ACTIONS_QUEUE.format(partition=partition)
+    return queue_of_kind(QueueKind.LIQUIDATIONS, partition)
+
+
+def queue_of_kind(kind: QueueKind, partition: int) -> str:
+    return _QUEUE_OF_KIND[kind].format(partition=partition)
 
 
 def queue_of(kind: ActionKind, partition: int) -> str:
@@ -153,6 +173,11 @@ def queue_length(app: Celery, queue: str) -> int:
             return int(channel.queue_declare(queue=queue, passive=True).message_count)
         except connection.channel_errors:
             return 0
+
+
+def queue_lengths(app: Celery, partition: int) -> dict[QueueKind, int]:
+    """Messages waiting in each of the partition's queues (``queue_length``)."""
+    return {kind: queue_length(app, queue_of_kind(kind, partition)) for kind in QueueKind}
 
 
 def visibility_timeout_seconds(settings: Settings) -> int:

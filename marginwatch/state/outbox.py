@@ -123,3 +123,41 @@ def dead_letter(
     pipe.zrem(keys.webhook_retries(partition), entry_id)
     pipe.hdel(keys.webhook_attempts(partition), entry_id)
     pipe.execute()
+
+
+# KEYS: outbox, retries. ARGV: group. The time (ms, from its id) of the oldest entry neither
+# delivered nor given up: unread by the group, taken and not acknowledged, or waiting for a
+# retry; false when there is none.
+_OLDEST_PENDING = """
+local oldest = false
+local function consider(id)
+  if id then
+    local ms = tonumber(string.match(id, '^(%d+)'))
+    if not oldest or ms < oldest then oldest = ms end
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local last = '0-0'
+  for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local fields = {}
+    for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
+    if fields['name'] == ARGV[1] then
+      last = fields['last-delivered-id']
+      consider(redis.call('XPENDING', KEYS[1], ARGV[1])[2])
+    end
+  end
+  local unread = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
+  if unread[1] then consider(unread[1][1]) end
+end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do consider(id) end
+return oldest
+"""
+
+
+def oldest_pending_ms(client: redis.Redis, partition: int) -> int | None:
+    """When the partition's oldest delivery still to make was written to the outbox (ms): one
+    script reading the group's first unread entry, its oldest unacknowledged one and the
+    retries waiting (a set as large as the deliveries failing at the moment)."""
+    script_keys = (keys.webhook_outbox(partition), keys.webhook_retries(partition))
+    found: Any = client.eval(_OLDEST_PENDING, 2, *script_keys, keys.WEBHOOK_DELIVERERS_GROUP)
+    return None if found is None else int(found)

@@ -14,6 +14,7 @@ from marginwatch.base.metrics import WorkerMetrics, liquidation_band_notional, p
 from marginwatch.base.ticks import Tick
 from marginwatch.engine import batch
 from marginwatch.engine.types import Venue
+from marginwatch.runtime.celery_app import QueueKind
 from marginwatch.runtime.observe import age_seconds
 from marginwatch.worker.evaluation import EvaluationOutcome
 from marginwatch.worker.partition import PartitionBook
@@ -64,6 +65,12 @@ def observe_due(metrics: WorkerMetrics, partition: int, oldest_ms: int | None, n
     """Age of the partition's oldest due liquidation (0 when none is due)."""
     age = 0.0 if oldest_ms is None else age_seconds(now, oldest_ms)
     metrics.oldest_due_liquidation.labels(str(partition)).set(age)
+
+
+def observe_queues(metrics: WorkerMetrics, partition: int, queued: Mapping[QueueKind, int]) -> None:
+    """Messages waiting in the partition's queues, by kind."""
+    for kind, messages in queued.items():
+        metrics.queue_messages.labels(kind.value, str(partition)).set(messages)
 
 
 def held_symbols(book: PartitionBook) -> list[str]:

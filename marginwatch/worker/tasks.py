@@ -16,9 +16,8 @@ from marginwatch.engine import batch
 from marginwatch.runtime.celery_app import (
     RETRY_ON_REDIS_ERRORS,
     TASK_EVALUATE_PARTITION,
-    actions_queue,
-    margin_calls_queue,
-    queue_length,
+    QueueKind,
+    queue_lengths,
     send_actions,
     send_evaluation,
 )
@@ -108,24 +107,35 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
     log.debug("partition %s: %s", partition, outcome)
     instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
     if runtime.book_gauges_due.due(partition):
-        instrumentation.observe_book_gauges(metrics, book, outcome, settings.stale_after_seconds)
-        with counting_redis_errors(metrics.redis_errors):
-            oldest = oldest_due_ms(runtime.client, partition)
-            resend_overdue(runtime, book, outcome.started_at)
-            reconfirm_settled_liquidations(runtime.client, book)
-            if not queue_length(runtime.app, margin_calls_queue(partition)):
-                reconcile_episodes(runtime.client, book)  # else margin calls may be queued
-        instrumentation.observe_due(metrics, partition, oldest, outcome.started_at)
+        once_a_second(runtime, book, outcome)
     if runtime.liquidation_map_due.due(partition):
         instrumentation.refresh_liquidation_map(metrics, book, outcome.marks, settings.venue)
     return outcome
 
 
+def once_a_second(runtime: WorkerRuntime, book: PartitionBook, outcome: EvaluationOutcome) -> None:
+    """What an evaluation of the partition does at most once a second: the book's gauges, the
+    oldest due liquidation and the queues' lengths measured, liquidations lost sent again,
+    episode flags taken from Redis."""
+    metrics, partition = runtime.metrics, book.partition
+    instrumentation.observe_book_gauges(
+        metrics, book, outcome, runtime.settings.stale_after_seconds
+    )
+    with counting_redis_errors(metrics.redis_errors):
+        oldest = oldest_due_ms(runtime.client, partition)
+        queued = queue_lengths(runtime.app, partition)
+        if not queued[QueueKind.LIQUIDATIONS]:
+            resend_overdue(runtime, book, outcome.started_at)
+        reconfirm_settled_liquidations(runtime.client, book)
+        if not queued[QueueKind.MARGIN_CALLS]:
+            reconcile_episodes(runtime.client, book)  # else margin calls may be queued
+    instrumentation.observe_due(metrics, partition, oldest, outcome.started_at)
+    instrumentation.observe_queues(metrics, partition, queued)
+
+
 def resend_overdue(runtime: WorkerRuntime, book: PartitionBook, now: float) -> int:
-    """Send again the liquidations due for longer than the setting while nothing waits in
-    the partition's liquidation queue (a message lost with an executor); how many."""
-    if queue_length(runtime.app, actions_queue(book.partition)):
-        return 0
+    """Send again the liquidations due for longer than the setting (with nothing waiting in
+    the partition's liquidation queue, a message lost with an executor); how many."""
     sent_before_ms = int((now - runtime.settings.liquidation_resend_after_seconds) * 1000)
     pools = overdue(runtime.client, book.partition, sent_before_ms)
     resent = [Action(ActionKind.LIQUIDATION, book.partition, account_id, pool,
