@@ -33,6 +33,7 @@ REQUIRED_ALERTS = {
     "MarginwatchWorkerDown",
     "MarginwatchInsuranceFundLow",
     "MarginwatchWebhookDeliveriesFailing",
+    "MarginwatchActionBacklogGrowing",
     "Watchdog",
 }
 
