@@ -20,9 +20,18 @@ from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    start_http_server,
+)
 from prometheus_client.metrics_core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from marginwatch.base.health import Health
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -312,15 +321,21 @@ def _counter(
 
 
 def serve_metrics(
-    registry: CollectorRegistry, port: int | None, addr: str = "0.0.0.0"
+    registry: CollectorRegistry,
+    port: int | None,
+    addr: str = "0.0.0.0",
+    health: Health | None = None,
 ) -> WSGIServer | None:
-    """Serve ``registry`` on ``http://addr:port/metrics`` from a daemon thread.
+    """Serve ``registry`` on ``http://addr:port/metrics`` from a daemon thread, and ``health``'s
+    ``/healthz`` and ``/readyz`` beside it.
 
     ``port`` 0 or ``None``: disabled (returns ``None``). Stop with ``server.shutdown()``.
     """
     if not port:
         return None
     server, _thread = start_http_server(port, addr=addr, registry=registry)
+    if health is not None:  # before the daemon says where it listens
+        server.set_app(health.wsgi(make_wsgi_app(registry)))
     return server
 
 

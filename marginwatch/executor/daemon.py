@@ -15,10 +15,10 @@ import socket
 import threading
 from collections.abc import Sequence
 
+from celery import Celery
 from prometheus_client import CollectorRegistry
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from marginwatch.base.health import Health
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.base.settings import ConfigurationError, Settings, redis_url
 from marginwatch.executor.instrumentation import (
@@ -29,8 +29,11 @@ from marginwatch.executor.instrumentation import (
 from marginwatch.executor.outbox import Deliverer, run_deliverer
 from marginwatch.executor.tasks import ExecutorRuntime, register_tasks
 from marginwatch.runtime.celery_app import consume_in_listed_order, executor_queues
+from marginwatch.runtime.health import LOOP_STALE_AFTER_SECONDS, fail_fast_redis, redis_reachable
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import (
+    beating,
+    celery_health,
     connect,
     metrics_served,
     run_celery,
@@ -38,10 +41,11 @@ from marginwatch.runtime.process import (
     with_threads,
 )
 from marginwatch.state.applier import AppliedCounts, run_applier
-from marginwatch.state.connection import open_redis
 
-SCRAPE_TIMEOUT_SECONDS = 1.0
 ROLES = ("actions", "webhooks")
+# The helper loop each role runs, as /healthz names it.
+APPLIER, DELIVERER = "account-events applier", "webhook deliverer"
+LOOP_OF_ROLE = dict(zip(ROLES, (APPLIER, DELIVERER), strict=True))
 
 
 def parse_roles(spec: str) -> list[str]:
@@ -64,12 +68,7 @@ def _executor_metrics(
     liquidates, their ledgers of the fund, read at each scrape with a client that fails fast
     (a scrape never hangs on Redis)."""
     metrics = ExecutorMetrics(registry, symbols)
-    scrape_client = open_redis(
-        redis_url(settings),
-        socket_timeout=SCRAPE_TIMEOUT_SECONDS,
-        socket_connect_timeout=SCRAPE_TIMEOUT_SECONDS,
-        retry=Retry(NoBackoff(), 0),
-    )
+    scrape_client = fail_fast_redis(redis_url(settings))
     metrics.oldest_webhook_delivery.read = oldest_webhook_delivery_reader(scrape_client, partitions)
     if "actions" in roles:
         metrics.insurance_fund.read = insurance_fund_reader(scrape_client, partitions)
@@ -93,9 +92,12 @@ def run_executor(settings: Settings, roles: Sequence[str], partitions: Sequence[
     metrics = _executor_metrics(settings, roles, partitions, registry, sorted(base.tables))
     runtime = ExecutorRuntime(base.settings, base.client, base.tables, base.app, metrics=metrics)
     register_tasks(runtime.app, runtime)
+    health = _executor_health(settings, roles, runtime.app)
     # Unique per process: two executors on one host must not share a consumer name.
     consumer = f"executor-{socket.gethostname()}-{os.getpid()}"
     name = f"executor-{'-'.join(roles)}-{consumer}"
+    beats = {loop: health.heartbeat(loop, LOOP_STALE_AFTER_SECONDS)
+             for role, loop in LOOP_OF_ROLE.items() if role in roles}  # fmt: skip
 
     def on_step(counts: AppliedCounts) -> None:
         observe_applied(metrics, counts)
@@ -103,19 +105,32 @@ def run_executor(settings: Settings, roles: Sequence[str], partitions: Sequence[
     def apply_events(stop: threading.Event) -> None:
         with counting_redis_errors(metrics.redis_errors):
             run_applier(runtime.client, runtime.tables, settings.partitions, partitions,
-                        consumer, stop, on_step=on_step)  # fmt: skip
+                        consumer, stop, on_step=on_step, on_round=beats[APPLIER].beat)  # fmt: skip
 
     def deliver(stop: threading.Event) -> None:
         count = metrics.webhook_deliveries.labels
         deliverer = Deliverer(runtime.client, settings, partitions, consumer,
                               lambda result: count(result).inc())  # fmt: skip
+        deliverer.on_round = beats[DELIVERER].beat
         with counting_redis_errors(metrics.redis_errors):
             run_deliverer(deliverer, stop)
 
-    with metrics_served(settings, registry):
+    with metrics_served(settings, registry, health):
         if "actions" not in roles:
-            supervised(deliver, threading.Event())
+            supervised(beating(deliver, beats[DELIVERER]), threading.Event())
             return
-        helpers = [apply_events, *([deliver] if "webhooks" in roles else [])]
+        helpers = [beating(apply_events, beats[APPLIER])]
+        if "webhooks" in roles:
+            helpers.append(beating(deliver, beats[DELIVERER]))
         queues = executor_queues(partitions)
         with_threads(helpers, lambda: run_celery(runtime.app, queues, name, settings))
+
+
+def _executor_health(settings: Settings, roles: Sequence[str], app: Celery) -> Health:
+    """An executor taking actions: its Celery consumer's health; a webhook deliverer alone:
+    Redis answering (each adds its helper loops' heartbeats)."""
+    if "actions" in roles:
+        return celery_health(settings, app)
+    health = Health()
+    health.check(redis_reachable(fail_fast_redis(redis_url(settings))))
+    return health

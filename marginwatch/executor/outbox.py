@@ -55,6 +55,7 @@ class Deliverer:
     count: Callable[[str], None]
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
+    on_round: Callable[[], None] = lambda: None  # before each pass and each attempt (heartbeat)
 
 
 def webhook_document(partition: int, fields: dict[str, str]) -> dict[str, Any]:
@@ -89,6 +90,7 @@ def deliver_partition(deliverer: Deliverer, partition: int) -> int:
     entries += outbox.take_due_retries(client, partition, now_ms,
                                        int(RETRY_LEASE_SECONDS * 1000), READ_COUNT)  # fmt: skip
     for entry in entries:
+        deliverer.on_round()
         attempt(deliverer, partition, entry)
     return len(entries)
 
@@ -127,5 +129,6 @@ def run_deliverer(deliverer: Deliverer, stop: threading.Event) -> None:
     for partition in deliverer.partitions:
         outbox.ensure_group(deliverer.client, partition)
     while not stop.is_set():
+        deliverer.on_round()
         if deliver_pass(deliverer) == 0:
             stop.wait(IDLE_POLL_SECONDS)

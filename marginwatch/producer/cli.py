@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from marginwatch.base.exits import EXIT_OK
 
 if TYPE_CHECKING:
+    from marginwatch.base.health import Health
     from marginwatch.base.settings import Settings
     from marginwatch.producer.run import ProducerStats
     from marginwatch.producer.ticks import Source
@@ -74,13 +75,25 @@ def run(args: argparse.Namespace, settings: Settings, known_symbols: set[str]) -
     except SourceArgumentError as error:
         raise ConfigurationError(str(error)) from None
     validator = _validator(known_symbols, args.max_jump_ratio or settings.max_jump_ratio)
-    with _metrics_served(settings.metrics_port) as stats:
-        return _run_source(url, source, validator, args.duration, stats)
+    health = _health(url)
+    with _metrics_served(settings.metrics_port, health) as stats:
+        return _run_source(url, source, validator, args.duration, stats, health)
+
+
+def _health(redis_url: str) -> Health:
+    """The producer is ready while Redis answers (its loop's heartbeat is added as it runs)."""
+    from marginwatch.base.health import Health  # noqa: PLC0415 (see module doc)
+    from marginwatch.runtime.health import fail_fast_redis, redis_reachable  # noqa: PLC0415
+
+    health = Health()
+    health.check(redis_reachable(fail_fast_redis(redis_url)))
+    return health
 
 
 @contextmanager
-def _metrics_served(port: int | None) -> Iterator[ProducerStats]:
-    """Stats whose counts move the producer's metrics, served on ``port`` (if set) inside."""
+def _metrics_served(port: int | None, health: Health) -> Iterator[ProducerStats]:
+    """Stats whose counts move the producer's metrics, served with ``health`` on ``port`` (if
+    set) inside."""
     from prometheus_client import CollectorRegistry  # noqa: PLC0415 (see module doc)
 
     from marginwatch.base.metrics import ProducerMetrics, metrics_url, serve_metrics  # noqa: PLC0415
@@ -91,7 +104,7 @@ def _metrics_served(port: int | None) -> Iterator[ProducerStats]:
     registry = CollectorRegistry()
     stats = ProducerStats(metrics=ProducerMetrics(registry, REJECT_REASONS))
     try:
-        server = serve_metrics(registry, port)
+        server = serve_metrics(registry, port, health=health)
     except OSError as error:
         raise ConfigurationError(
             f"{env_name('metrics_port')}={port}: cannot listen ({error.strerror})"
@@ -120,12 +133,14 @@ def _run_source(
     validator: TickValidator,
     duration_seconds: float | None,
     stats: ProducerStats,
+    health: Health,
 ) -> int:
     """Connect, run, log a summary line; an unreachable Redis raises Redis' error."""
 
     from marginwatch.base.redaction import redact_url  # noqa: PLC0415
     from marginwatch.producer.publisher import Publisher  # noqa: PLC0415
     from marginwatch.producer.run import run_producer  # noqa: PLC0415
+    from marginwatch.runtime.health import LOOP_STALE_AFTER_SECONDS  # noqa: PLC0415
     from marginwatch.state.connection import open_redis  # noqa: PLC0415
 
     timeout = REDIS_TIMEOUT_SECONDS
@@ -143,6 +158,7 @@ def _run_source(
                 stop,
                 duration_seconds=duration_seconds,
                 stats=stats,
+                on_round=health.heartbeat("producer", LOOP_STALE_AFTER_SECONDS).beat,
             )
     finally:
         client.close()

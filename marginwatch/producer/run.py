@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,26 +101,34 @@ def run_producer(
     duration_seconds: float | None = None,
     stats: ProducerStats | None = None,
     publish_retry_seconds: float = PUBLISH_RETRY_SECONDS,
+    on_round: Callable[[], None] = lambda: None,
 ) -> ProducerStats:
     """Validate and publish ``source``'s batches until it ends, ``stop`` or ``duration_seconds``.
 
     Pings ``client`` first, so an unreachable Redis fails at once (``redis.ConnectionError``);
     later Redis errors drop the batch, are counted, and pause ``publish_retry_seconds``.
+    ``on_round`` is called each time round the loop (at least every ``POLL_SECONDS``: a
+    heartbeat).
     """
     handler = BatchHandler(validator, publisher, stats or ProducerStats(), publish_retry_seconds)
     client.ping()
     deadline = None if duration_seconds is None else time.monotonic() + duration_seconds
-    asyncio.run(_produce(source, handler, stop or threading.Event(), deadline))
+    asyncio.run(_produce(source, handler, stop or threading.Event(), deadline, on_round))
     return handler.stats
 
 
 async def _produce(
-    source: Source, handler: BatchHandler, stop: threading.Event, deadline: float | None
+    source: Source,
+    handler: BatchHandler,
+    stop: threading.Event,
+    deadline: float | None,
+    on_round: Callable[[], None],
 ) -> None:
     """The loop: wait for the next batch while watching ``stop`` and the deadline."""
     pending: asyncio.Task[Batch | None] | None = None
     try:
         while not _stopping(stop, deadline):
+            on_round()
             if pending is None:
                 pending = asyncio.create_task(_next_batch(source))
             await asyncio.wait({pending}, timeout=_poll_seconds(deadline))

@@ -5,7 +5,7 @@ Each daemon runs a Celery worker with the solo pool (one task at a time in the m
 the in-memory partition books need no locks and metrics need no multiprocess mode) and a helper
 thread: the dispatcher for a partition worker, the account-events applier for the executor.
 With ``MARGINWATCH_METRICS_PORT`` set, each serves its own Prometheus registry on that port
-(docs/metrics.md).
+(docs/metrics.md), with ``/healthz`` and ``/readyz`` beside it (``marginwatch.base.health``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
 import redis
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import setup_logging
 from prometheus_client import CollectorRegistry
 
 from marginwatch.base import crash
+from marginwatch.base.health import Check, Health, Heartbeat
 from marginwatch.base.metrics import metrics_url, serve_metrics
 from marginwatch.base.redaction import redact_url
 from marginwatch.base.settings import (
@@ -36,12 +38,16 @@ from marginwatch.base.settings import (
 )
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.runtime.celery_app import make_celery
+from marginwatch.runtime.health import FAIL_FAST_TIMEOUT_SECONDS, fail_fast_redis, redis_reachable
 from marginwatch.state.accounts import ensure_partition_count
 from marginwatch.state.connection import open_redis
 
 log = logging.getLogger("marginwatch")
 
 HELPER_RESTART_MAX_SECONDS = 30.0
+# The consumer's event loop beats every second while idle; a task holds it up to its time limit.
+CONSUMER_BEAT_SECONDS = 1.0
+CONSUMER_SLACK_SECONDS = 30.0
 
 
 @dataclass
@@ -74,10 +80,13 @@ def _logging_configured(**_signal: Any) -> None:
 
 
 @contextmanager
-def metrics_served(settings: Settings, registry: CollectorRegistry) -> Iterator[str | None]:
-    """Serve ``registry`` on ``settings.metrics_port`` (if set) while inside; yields the URL."""
+def metrics_served(
+    settings: Settings, registry: CollectorRegistry, health: Health | None = None
+) -> Iterator[str | None]:
+    """Serve ``registry`` (and ``health``) on ``settings.metrics_port`` (if set) while inside;
+    yields the metrics URL."""
     try:
-        server = serve_metrics(registry, settings.metrics_port)
+        server = serve_metrics(registry, settings.metrics_port, health=health)
     except OSError as error:
         raise ConfigurationError(
             f"{env_name('metrics_port')}={settings.metrics_port}: cannot listen ({error.strerror})"
@@ -92,6 +101,63 @@ def metrics_served(settings: Settings, registry: CollectorRegistry) -> Iterator[
     finally:
         server.shutdown()
         server.server_close()
+
+
+def celery_health(settings: Settings, app: Celery) -> Health:
+    """The health of a daemon consuming with ``app``: its consumer's heartbeat (paused until
+    it consumes, and while it reconnects), then Redis, the broker and the consumer ready."""
+    health = Health()
+    stale_after = settings.task_time_limit_seconds + CONSUMER_SLACK_SECONDS
+    consumer = health.heartbeat("celery consumer", stale_after, paused=True)
+    app.steps["consumer"].add(consumer_heartbeat_step(consumer))
+    health.check(redis_reachable(fail_fast_redis(redis_url(settings))))
+    health.check(broker_reachable(app))
+    health.check(lambda: "celery: not consuming (starting, or reconnecting to the broker)"
+                 if consumer.paused else None)  # fmt: skip
+    return health
+
+
+def consumer_heartbeat_step(heartbeat: Heartbeat) -> type[bootsteps.StartStopStep]:
+    """A step of Celery's consumer: from its start (queues consumed), its event loop's timer
+    beats ``heartbeat`` every second; stopped (the broker lost, or shutting down), it pauses
+    ``heartbeat`` until the consumer starts again."""
+
+    class ConsumerHeartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
+        requires = ("celery.worker.consumer:Tasks",)
+        entry: Any = None  # the timer's repeated call
+
+        def start(self, parent: Any) -> None:
+            heartbeat.resume()
+            self.entry = parent.timer.call_repeatedly(CONSUMER_BEAT_SECONDS, heartbeat.beat)
+
+        def stop(self, parent: Any) -> None:
+            heartbeat.pause()
+            if self.entry is not None:
+                self.entry.cancel()
+
+        shutdown = stop
+
+    return ConsumerHeartbeat
+
+
+def broker_reachable(app: Celery) -> Check:
+    """Ready when a new connection to ``app``'s broker opens within a second."""
+    timeouts = {"socket_timeout": FAIL_FAST_TIMEOUT_SECONDS,
+                "socket_connect_timeout": FAIL_FAST_TIMEOUT_SECONDS}  # fmt: skip
+
+    def check() -> str | None:
+        connection = app.connection_for_read(
+            connect_timeout=FAIL_FAST_TIMEOUT_SECONDS, transport_options=timeouts
+        )
+        try:
+            connection.ensure_connection(max_retries=0)
+        except (kombu.exceptions.KombuError, *connection.connection_errors, OSError) as error:
+            return f"broker: {error}"
+        finally:
+            connection.release()
+        return None
+
+    return check
 
 
 def run_celery(app: Celery, queues: Sequence[str], name: str, settings: Settings) -> None:
@@ -125,6 +191,19 @@ def supervised(target: Callable[[threading.Event], None], stop: threading.Event)
             log.exception("helper thread lost Redis; restarting in %.1f s", delay)
             stop.wait(delay)
             delay = min(delay * 2, HELPER_RESTART_MAX_SECONDS)
+
+
+def beating(
+    target: Callable[[threading.Event], None], heartbeat: Heartbeat
+) -> Callable[[threading.Event], None]:
+    """``target``, beating ``heartbeat`` as it starts: a loop that Redis errors keep
+    restarting (``supervised``, at most 30 s apart) stays alive while it waits for Redis."""
+
+    def run(stop: threading.Event) -> None:
+        heartbeat.beat()
+        target(stop)
+
+    return run
 
 
 def with_threads(

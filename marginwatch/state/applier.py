@@ -214,17 +214,21 @@ def run_applier(
     idle_wait_ms: int = IDLE_WAIT_MS,
     lease_ttl_ms: int = LEASE_TTL_MS,
     on_step: Callable[[AppliedCounts], None] | None = None,
+    on_round: Callable[[], None] | None = None,
 ) -> AppliedCounts:
     """Apply the ``served`` partitions' events until ``stop`` is set: each partition whose
     lease this consumer holds (or takes, claiming the partition's pending entries first).
     Leases are released on the way out, so a waiting applier takes over at once.
 
-    ``on_step`` receives each step's counts (for metrics); the totals are returned.
+    ``on_step`` receives each step's counts (for metrics), ``on_round`` is called before each
+    step (a heartbeat); the totals are returned.
     """
     leases = {p: partition_lease(client, p, consumer, lease_ttl_ms) for p in served}
     totals = AppliedCounts()
     try:
         while not stop.is_set():
+            if on_round is not None:
+                on_round()
             step = AppliedCounts()
             for partition, lease in leases.items():
                 if _keep(client, partition, lease):

@@ -4,15 +4,25 @@ dispatcher in a supervised helper thread."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
+from marginwatch.base.health import Check
 from marginwatch.base.metrics import WorkerMetrics
 from marginwatch.base.partitions import parse_partitions
 from marginwatch.base.settings import Settings
 from marginwatch.runtime.celery_app import partition_queue
+from marginwatch.runtime.health import LOOP_STALE_AFTER_SECONDS
 from marginwatch.runtime.observe import counting_redis_errors
-from marginwatch.runtime.process import connect, metrics_served, run_celery, with_threads
+from marginwatch.runtime.process import (
+    beating,
+    celery_health,
+    connect,
+    metrics_served,
+    run_celery,
+    with_threads,
+)
 from marginwatch.worker.dispatch import Dispatcher
 from marginwatch.worker.tasks import WorkerRuntime, register_tasks
 
@@ -26,11 +36,15 @@ def run_worker(settings: Settings, partition_spec: str) -> None:
     runtime = WorkerRuntime(base.settings, base.client, base.tables, base.app, metrics=metrics)
     register_tasks(runtime.app, runtime)
     metrics.start_partitions(partitions)
+    health = celery_health(settings, runtime.app)
+    health.check(books_loaded(runtime, partitions))
+    dispatching = health.heartbeat("dispatcher", LOOP_STALE_AFTER_SECONDS)
     dispatcher = Dispatcher(
         runtime.client,
         partitions,
         runtime.enqueue_evaluation,
         on_pending=lambda armed: metrics.set_pending(armed, pending=True),
+        on_round=dispatching.beat,
     )
 
     def dispatch(stop: threading.Event) -> None:
@@ -39,5 +53,19 @@ def run_worker(settings: Settings, partition_spec: str) -> None:
 
     queues = [partition_queue(p) for p in partitions]
     name = f"partitions-{partition_spec.replace(',', '_')}"
-    with metrics_served(settings, registry):
-        with_threads([dispatch], lambda: run_celery(runtime.app, queues, name, settings))
+    with metrics_served(settings, registry, health):
+        with_threads(
+            [beating(dispatch, dispatching)],
+            lambda: run_celery(runtime.app, queues, name, settings),
+        )
+
+
+def books_loaded(runtime: WorkerRuntime, partitions: Sequence[int]) -> Check:
+    """Ready once every partition's book is in memory (each is read at its first evaluation,
+    and again after Redis restarted or lost its data)."""
+
+    def check() -> str | None:
+        missing = [str(p) for p in partitions if p not in runtime.books]
+        return f"books: partitions {', '.join(missing)} not loaded yet" if missing else None
+
+    return check

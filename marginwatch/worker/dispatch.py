@@ -42,12 +42,15 @@ class Dispatcher:
         enqueue: Enqueue,
         *,
         on_pending: OnPending | None = None,
+        on_round: Callable[[], None] | None = None,
     ) -> None:
-        """``on_pending`` is told which partitions have their pending flag set (metrics)."""
+        """``on_pending`` is told which partitions have their pending flag set (metrics);
+        ``on_round`` is called each time round the loop of ``run`` (a heartbeat)."""
         self.client = client
         self.partitions = list(partitions)
         self.enqueue = enqueue
         self.on_pending = on_pending
+        self.on_round = on_round
         self.last_ids: dict[str, str] = {}
         self.enqueued = 0
         self.all_triggered_at = -math.inf  # monotonic seconds
@@ -127,4 +130,6 @@ class Dispatcher:
         self.clear_pending()
         self.trigger(self.partitions)
         while not stop.is_set():
+            if self.on_round is not None:
+                self.on_round()
             self.dispatch_once()
