@@ -5,7 +5,6 @@ Compose Specification's JSON Schema and the deployment's invariants, the Dockerf
 from __future__ import annotations
 
 import fnmatch
-import http.server
 import json
 import os
 import re
@@ -13,7 +12,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 import tomllib
 from collections.abc import Iterator, Mapping
 from functools import cache
@@ -25,7 +23,10 @@ import jsonschema
 import pytest
 import redis as redis_client
 import yaml
+from prometheus_client import CollectorRegistry
 
+from marginwatch.base.health import Health
+from marginwatch.base.metrics import serve_metrics
 from marginwatch.base.partitions import parse_partitions
 from marginwatch.cli.embedded_redis import free_port
 from marginwatch.cli.main import _parser
@@ -456,49 +457,40 @@ def test_one_executor_consumes_actions() -> None:
     assert "scale" not in service
 
 
-def test_daemon_healthchecks_probe_the_metrics_port() -> None:
-    """Each daemon serves /metrics on MARGINWATCH_METRICS_PORT; its health check requests it."""
+def test_daemon_healthchecks_probe_the_liveness_endpoint() -> None:
+    """Each daemon serves /healthz on MARGINWATCH_METRICS_PORT; its health check requests it."""
     for name, service in marginwatch_daemons().items():
         assert environment_of(service).get("MARGINWATCH_METRICS_PORT") == METRICS_PORT, name
         test = service["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "-c"], name
-        assert f"http://127.0.0.1:{METRICS_PORT}/metrics" in test[3], name
+        assert f"http://127.0.0.1:{METRICS_PORT}/healthz" in test[3], name
 
 
-def test_metrics_healthcheck_passes_when_metrics_answer_and_fails_otherwise() -> None:
-    """The daemons' health-check one-liner exits 0 on a /metrics answer, non-zero without one."""
+def test_healthcheck_passes_while_the_daemon_is_alive_and_fails_otherwise() -> None:
+    """The daemons' health-check one-liner, against marginwatch's own server: exit 0 on a 200
+    from /healthz, non-zero on a 503 (a loop stopped) and when nothing answers."""
     code = services()["worker-a"]["healthcheck"]["test"][3]
+    health = Health()
+    heartbeat = health.heartbeat("dispatcher", 60)
+    server = serve_metrics(CollectorRegistry(), free_port(), addr="127.0.0.1", health=health)
+    assert server is not None
+    one_liner = code.replace(f":{METRICS_PORT}/", f":{server.server_address[1]}/")
 
-    class Metrics(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/metrics" else 404)
-            self.end_headers()
-            self.wfile.write(b"# metrics\n")
+    def run() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-c", one_liner], capture_output=True,
+                              timeout=30, check=False)  # fmt: skip
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    port = server.server_address[1]
     try:
-        answered = subprocess.run(
-            [sys.executable, "-c", code.replace(f":{METRICS_PORT}/", f":{port}/")],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
+        alive = run()
+        heartbeat.stale_after = -1.0  # silent for longer than allowed
+        stopped = run()
     finally:
         server.shutdown()
         server.server_close()
-    refused = subprocess.run(
-        [sys.executable, "-c", code.replace(f":{METRICS_PORT}/", f":{port}/")],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
-    assert answered.returncode == 0, answered.stderr
+    refused = run()
+    assert alive.returncode == 0, alive.stderr
+    assert stopped.returncode != 0
+    assert b"503" in stopped.stderr
     assert refused.returncode != 0
 
 
