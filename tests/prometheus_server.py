@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from marginwatch.cli.embedded_redis import free_port
+from tests.polling import wait_for
 
 API_TIMEOUT_SECONDS = 10.0
 
@@ -127,14 +127,14 @@ def start_prometheus(
     with (directory / "prometheus.log").open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     server = PrometheusServer(port, process, directory)
-    deadline = time.monotonic() + start_timeout_seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise PrometheusError(
-                f"prometheus exited with status {process.returncode}:\n{server.log.read_text()}"
-            )
-        if server.ready():
-            return server
-        time.sleep(0.1)
-    server.stop()
-    raise PrometheusError(f"prometheus not ready in {start_timeout_seconds} s:\n{server.log}")
+    try:
+        wait_for(lambda: process.poll() is not None or server.ready(), "prometheus to be ready",
+                 timeout=start_timeout_seconds)  # fmt: skip
+    except BaseException:
+        server.stop()
+        raise
+    if process.poll() is not None:
+        raise PrometheusError(
+            f"prometheus exited with status {process.returncode}:\n{server.log.read_text()}"
+        )
+    return server

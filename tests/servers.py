@@ -10,8 +10,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import redis
 
 from marginwatch.cli.embedded_redis import RedisServer, free_port, start_redis_server
+from tests.polling import wait_for
 
 CLUSTER_NODE_TIMEOUT_MS = 1000
 
@@ -39,14 +38,6 @@ def port_with_a_free_bus() -> int:
         if port + 10_000 <= 65_535 and port_is_free(port + 10_000):
             return port
     raise RuntimeError("no free port with a free cluster bus port")
-
-
-def until(done: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout} s")
-        time.sleep(0.1)
 
 
 @dataclass
@@ -122,9 +113,9 @@ def start_redis_cluster() -> RedisCluster:
         addresses = [f"127.0.0.1:{node.port}" for node in cluster.nodes]
         subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "1",
                         "--cluster-yes"], check=True, capture_output=True, timeout=60)  # fmt: skip
-        until(cluster.state_ok, "the cluster to be ok")
-        until(lambda: sum(cluster.role(n) == "slave" for n in cluster.nodes) == 3, "replicas")
-        until(cluster.replicas_synced, "every replica in sync with its primary")
+        wait_for(cluster.state_ok, "the cluster to be ok")
+        wait_for(lambda: sum(cluster.role(n) == "slave" for n in cluster.nodes) == 3, "replicas")
+        wait_for(cluster.replicas_synced, "every replica in sync with its primary")
     except BaseException:
         cluster.stop()
         raise
@@ -185,7 +176,7 @@ def start_rabbitmq(timeout: float = 60.0) -> RabbitMQ:
     process = subprocess.Popen([binary], env=env, stdout=log, stderr=subprocess.STDOUT)
     server = RabbitMQ(port, directory, process)
     try:
-        until(lambda: _accepts(port) or process.poll() is not None, "RabbitMQ", timeout)
+        wait_for(lambda: _accepts(port) or process.poll() is not None, "RabbitMQ", timeout)
         if process.poll() is not None:
             raise RuntimeError(f"rabbitmq-server exited: {(directory / 'server.out').read_text()}")
     except BaseException:
@@ -269,7 +260,7 @@ def start_tls_redis() -> TlsRedis:
             return False
 
     try:
-        until(answers, "redis-server with TLS")
+        wait_for(answers, "redis-server with TLS")
     except BaseException:
         server.stop()
         raise

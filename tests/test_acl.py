@@ -23,7 +23,6 @@ from marginwatch.base.ticks import Tick
 from marginwatch.cli.embedded_redis import free_port
 from marginwatch.producer.publisher import Publisher
 from tests.polling import wait_for
-from tests.servers import until
 from tests.test_tls import SNAPSHOT
 
 DEPLOY = Path(__file__).parent.parent / "deploy" / "redis"
@@ -73,7 +72,7 @@ def acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
         except redis.RedisError:
             return False
 
-    until(answers, "redis-server with the ACL file")
+    wait_for(answers, "redis-server with the ACL file")
     yield server
     server.process.terminate()
     server.process.wait(timeout=10)
@@ -193,9 +192,9 @@ def test_a_replica_syncs_as_the_replica_user_which_can_do_nothing_else(
     try:
         admin = redis.Redis(port=port, username="marginwatch-admin",
                             password=acl_redis.passwords["marginwatch-admin"])  # fmt: skip
-        until(lambda: _linked(admin), "the replica in sync through its user")
+        wait_for(lambda: _linked(admin), "the replica in sync through its user")
         acl_redis.client("marginwatch-admin").set("mw:config:probe", "1")
-        until(lambda: admin.get("mw:config:probe") == b"1", "the write replicated")
+        wait_for(lambda: admin.get("mw:config:probe") == b"1", "the write replicated")
         assert acl_redis.passwords["marginwatch-replica"] not in " ".join(_command_lines())
     finally:
         replica.terminate()

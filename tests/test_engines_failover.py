@@ -100,12 +100,20 @@ def run_the_crash(client: redis.Redis, daemons: Daemons, fault: Callable[[], Non
     fault()
     wait_for(lambda: sorted(liquidated(client)) == sorted(ACCOUNTS),
              lambda: f"liquidated {len(liquidated(client))}", timeout=90)  # fmt: skip
-    time.sleep(2)  # a late duplicate would show now
+    wait_for(lambda: settled(client), "no liquidation still due")  # a duplicate would be one
     assert liquidated(client) == Counter(ACCOUNTS)  # each exactly once
     assert daemons.alive()
     # 1,265 + 1 × (48,000 − 50,000): the fund covers 735 of each, once.
     total = sum(read_ledgers(client, range(PARTITIONS)).values(), D(0))
     assert total == FUND - len(ACCOUNTS) * D(735)
+
+
+def settled(client: redis.Redis) -> bool:
+    """No partition has a liquidation sent and not yet executed or skipped."""
+    try:
+        return not any(client.zcard(keys.due_liquidations(p)) for p in range(PARTITIONS))
+    except redis.RedisError:
+        return False
 
 
 @pytest.fixture

@@ -188,17 +188,18 @@ def test_two_appliers_race_for_a_partition_and_order_is_kept(
     events = [{"type": kind, "account_id": a, "amount": "1"}
               for _round in range(rounds) for kind in kinds for a in accounts]  # fmt: skip
 
-    def feed() -> None:
+    def versions() -> int:
+        return sum(read_account(redis_client, a, P).version - 1 for a in accounts)  # type: ignore[union-attr]
+
+    def feed() -> None:  # at most 60 events ahead of the applier, so a kill lands mid-stream
         for number, event in enumerate(events):
             publish_account_event(redis_client, event, P)
             if number % 30 == 29:
-                time.sleep(0.05)
+                wait_for(lambda n=number: n + 1 - versions() <= 60, "the applier to follow",
+                         timeout=60, interval=0.02)  # fmt: skip
 
     feeder = threading.Thread(target=feed)
     feeder.start()
-
-    def versions() -> int:
-        return sum(read_account(redis_client, a, P).version - 1 for a in accounts)  # type: ignore[union-attr]
 
     holder = wait_for(lambda: versions() >= len(events) // 4 and executor_pids(redis_client),
                       "a quarter of the events applied")  # fmt: skip

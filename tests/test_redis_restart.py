@@ -141,7 +141,10 @@ def test_a_liquidation_lost_with_the_last_writes_is_done_again(
         shutil.copytree(restartable.data, earlier)
         Publisher(client).publish([Tick("BTCUSDT", D(48_000), now_ms())])
         wait_for(lambda: client.xlen(keys.liquidations(0)) == 1, "the liquidation")
-        time.sleep(1.5)  # the worker has read the account's change
+        Publisher(client).publish([Tick("BTCUSDT", D(48_000), now_ms())])
+        newest = int(client.get(keys.TICK_SEQUENCE) or 0)
+        wait_for(lambda: int(client.get(keys.partition_evaluated(0)) or 0) >= newest,
+                 "an evaluation after the liquidation (its book read the change)")  # fmt: skip
         restartable.args = ("--appendonly", "no")
         restartable.kill_and_start(earlier)
         client = restartable.client()

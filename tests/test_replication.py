@@ -23,7 +23,7 @@ from marginwatch.producer.publisher import Publisher
 from marginwatch.runtime.celery_app import make_celery
 from marginwatch.state.accounts import store_accounts
 from marginwatch.state.connection import ReplicationTimeoutError, wait_for_replicas
-from tests.servers import until
+from tests.polling import wait_for
 
 D = Decimal
 ACCOUNT = Account("E", D(1265), (Position("BTCUSDT", D(1), D(50_000), 20, MarginMode.CROSS),))
@@ -40,7 +40,7 @@ def primary_and_replica() -> Iterator[tuple[RedisServer, RedisServer]]:
         info = redis.Redis(port=replica.port).info("replication")
         return info.get("master_link_status") == "up"
 
-    until(linked, "the replica in sync")
+    wait_for(linked, "the replica in sync")
     yield primary, replica
     os.kill(replica.process.pid, signal.SIGCONT)
     replica.stop()
@@ -83,7 +83,7 @@ def test_a_liquidation_is_not_acknowledged_before_a_replica_holds_it(
     primary, replica = primary_and_replica
     runtime = executor(primary, replicas=1)
     bankrupt(runtime.client)
-    until(lambda: redis.Redis(port=replica.port).exists(keys.account(0, "E")) == 1, "replicated")
+    wait_for(lambda: redis.Redis(port=replica.port).exists(keys.account(0, "E")) == 1, "replicated")
     os.kill(replica.process.pid, signal.SIGSTOP)
     with pytest.raises(ReplicationTimeoutError):
         run_liquidation(runtime, LIQUIDATION)

@@ -237,8 +237,7 @@ def test_a_delivery_stranded_on_a_dead_deliverer_is_taken_over(
     counted: list[str] = []
     deliverer = deliverer_for(redis_client, settings, Clock(time.time()), counted, "alive")
     assert deliver_pass(deliverer) == 0
-    time.sleep(0.4)
-    assert deliver_pass(deliverer) == 1
+    wait_for(lambda: deliver_pass(deliverer) == 1, "the stranded delivery taken over", timeout=5)
     assert (counted, len(Receiver.received)) == (["delivered"], 1)
 
 
