@@ -15,6 +15,7 @@ import socket
 import threading
 from collections.abc import Sequence
 
+import redis
 from celery import Celery
 from prometheus_client import CollectorRegistry
 
@@ -58,7 +59,7 @@ def parse_roles(spec: str) -> list[str]:
 
 
 def _executor_metrics(
-    settings: Settings,
+    scrape_client: redis.Redis,
     roles: Sequence[str],
     partitions: Sequence[int],
     registry: CollectorRegistry,
@@ -68,31 +69,32 @@ def _executor_metrics(
     liquidates, their ledgers of the fund, read at each scrape with a client that fails fast
     (a scrape never hangs on Redis)."""
     metrics = ExecutorMetrics(registry, symbols)
-    scrape_client = fail_fast_redis(redis_url(settings))
     metrics.oldest_webhook_delivery.read = oldest_webhook_delivery_reader(scrape_client, partitions)
     if "actions" in roles:
         metrics.insurance_fund.read = insurance_fund_reader(scrape_client, partitions)
     return metrics
 
 
-def run_executor(settings: Settings, roles: Sequence[str], partitions: Sequence[int]) -> None:
-    """Execute the partitions' actions until stopped; with them, apply their account events."""
-    if (
-        settings.webhook_urls
-        and not settings.webhook_secret
-        and not settings.webhook_allow_unsigned
-    ):
+def require_webhook_secret(settings: Settings) -> None:
+    """Refuse unsigned webhooks unless a setting says so explicitly."""
+    if settings.webhook_urls and not (settings.webhook_secret or settings.webhook_allow_unsigned):
         raise ConfigurationError(
             "MARGINWATCH_WEBHOOK_SECRET is empty while MARGINWATCH_WEBHOOK_URLS is set: set a "
             "secret (receivers verify the signature), or MARGINWATCH_WEBHOOK_ALLOW_UNSIGNED=true"
         )
+
+
+def run_executor(settings: Settings, roles: Sequence[str], partitions: Sequence[int]) -> None:
+    """Execute the partitions' actions until stopped; with them, apply their account events."""
+    require_webhook_secret(settings)
     base = connect(settings)
     consume_in_listed_order(base.app)
     registry = CollectorRegistry()
-    metrics = _executor_metrics(settings, roles, partitions, registry, sorted(base.tables))
+    scrape_client = fail_fast_redis(redis_url(settings))  # scrapes and /readyz never hang
+    metrics = _executor_metrics(scrape_client, roles, partitions, registry, sorted(base.tables))
     runtime = ExecutorRuntime(base.settings, base.client, base.tables, base.app, metrics=metrics)
     register_tasks(runtime.app, runtime)
-    health = _executor_health(settings, roles, runtime.app)
+    health = _executor_health(settings, roles, runtime.app, scrape_client)
     # Unique per process: two executors on one host must not share a consumer name.
     consumer = f"executor-{socket.gethostname()}-{os.getpid()}"
     name = f"executor-{'-'.join(roles)}-{consumer}"
@@ -126,11 +128,13 @@ def run_executor(settings: Settings, roles: Sequence[str], partitions: Sequence[
         with_threads(helpers, lambda: run_celery(runtime.app, queues, name, settings))
 
 
-def _executor_health(settings: Settings, roles: Sequence[str], app: Celery) -> Health:
+def _executor_health(
+    settings: Settings, roles: Sequence[str], app: Celery, scrape_client: redis.Redis
+) -> Health:
     """An executor taking actions: its Celery consumer's health; a webhook deliverer alone:
     Redis answering (each adds its helper loops' heartbeats)."""
     if "actions" in roles:
-        return celery_health(settings, app)
+        return celery_health(settings, app, scrape_client)
     health = Health()
-    health.check(redis_reachable(fail_fast_redis(redis_url(settings))))
+    health.check(redis_reachable(scrape_client))
     return health

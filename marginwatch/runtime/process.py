@@ -38,7 +38,7 @@ from marginwatch.base.settings import (
 )
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.runtime.celery_app import make_celery
-from marginwatch.runtime.health import FAIL_FAST_TIMEOUT_SECONDS, fail_fast_redis, redis_reachable
+from marginwatch.runtime.health import FAIL_FAST_TIMEOUT_SECONDS, redis_reachable
 from marginwatch.state.accounts import ensure_partition_count
 from marginwatch.state.connection import open_redis
 
@@ -103,14 +103,15 @@ def metrics_served(
         server.server_close()
 
 
-def celery_health(settings: Settings, app: Celery) -> Health:
+def celery_health(settings: Settings, app: Celery, state: redis.Redis) -> Health:
     """The health of a daemon consuming with ``app``: its consumer's heartbeat (paused until
-    it consumes, and while it reconnects), then Redis, the broker and the consumer ready."""
+    it consumes, and while it reconnects), then Redis (``state``, a fail-fast client), the
+    broker and the consumer ready."""
     health = Health()
     stale_after = settings.task_time_limit_seconds + CONSUMER_SLACK_SECONDS
     consumer = health.heartbeat("celery consumer", stale_after, paused=True)
     app.steps["consumer"].add(consumer_heartbeat_step(consumer))
-    health.check(redis_reachable(fail_fast_redis(redis_url(settings))))
+    health.check(redis_reachable(state))
     health.check(broker_reachable(app))
     health.check(lambda: "celery: not consuming (starting, or reconnecting to the broker)"
                  if consumer.paused else None)  # fmt: skip

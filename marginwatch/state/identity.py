@@ -42,8 +42,10 @@ class RedisIdentity:
 def redis_identity(client: redis.Redis) -> RedisIdentity:
     """The identity now, writing the generation token first if it is missing. On a cluster,
     the run ids of its primaries (a fail-over, or a restart of any, changes them)."""
-    client.set(keys.GENERATION, secrets.token_hex(8), nx=True)
-    generation: Any = client.get(keys.GENERATION)
+    pipe = client.pipeline(transaction=False)  # one key: one node, on a cluster too
+    pipe.set(keys.GENERATION, secrets.token_hex(8), nx=True)
+    pipe.get(keys.GENERATION)
+    _written, generation = pipe.execute()
     return RedisIdentity(_run_ids(client), generation.decode())
 
 

@@ -11,9 +11,9 @@ from prometheus_client import CollectorRegistry
 from marginwatch.base.health import Check
 from marginwatch.base.metrics import WorkerMetrics
 from marginwatch.base.partitions import parse_partitions
-from marginwatch.base.settings import Settings
+from marginwatch.base.settings import Settings, redis_url
 from marginwatch.runtime.celery_app import partition_queue
-from marginwatch.runtime.health import LOOP_STALE_AFTER_SECONDS
+from marginwatch.runtime.health import LOOP_STALE_AFTER_SECONDS, fail_fast_redis
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import (
     beating,
@@ -36,7 +36,7 @@ def run_worker(settings: Settings, partition_spec: str) -> None:
     runtime = WorkerRuntime(base.settings, base.client, base.tables, base.app, metrics=metrics)
     register_tasks(runtime.app, runtime)
     metrics.start_partitions(partitions)
-    health = celery_health(settings, runtime.app)
+    health = celery_health(settings, runtime.app, fail_fast_redis(redis_url(settings)))
     health.check(books_loaded(runtime, partitions))
     dispatching = health.heartbeat("dispatcher", LOOP_STALE_AFTER_SECONDS)
     dispatcher = Dispatcher(
