@@ -3,10 +3,6 @@ takes over), and one executor of a pair killed on RabbitMQ; nothing lost or doub
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -25,6 +21,7 @@ from marginwatch.producer.publisher import Publisher
 from marginwatch.state.accounts import store_accounts
 from marginwatch.state.connection import open_redis
 from marginwatch.state.fund import credit_ledger, read_ledgers
+from tests.daemons import Daemons
 from tests.polling import wait_for
 from tests.servers import RabbitMQ, RedisCluster, start_rabbitmq, start_redis_cluster
 
@@ -35,35 +32,10 @@ POSITION = Position("BTCUSDT", D(1), D(50_000), 20, MarginMode.CROSS)
 FUND = D(1_000_000)
 
 
-class Daemons:
-    """Workers and executors as subprocesses on the given state and broker."""
-
-    def __init__(self, state_url: str, broker_url: str, directory: Path) -> None:
-        self.directory = directory
-        self.env = {**os.environ, "MARGINWATCH_REDIS_URL": state_url,
-                    "MARGINWATCH_BROKER_URL": broker_url,
-                    "MARGINWATCH_PARTITIONS": str(PARTITIONS)}  # fmt: skip
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str) -> None:
-        log = (self.directory / f"{name}.log").open("ab")
-        command = [sys.executable, "-m", "marginwatch", *args, "--loglevel", "WARNING"]
-        self.processes[name] = subprocess.Popen(command, env=self.env, stdout=log,
-                                                stderr=subprocess.STDOUT)  # fmt: skip
-
-    def kill(self, name: str) -> None:
-        process = self.processes.pop(name)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-
-    def alive(self) -> bool:
-        return all(process.poll() is None for process in self.processes.values())
-
-    def stop(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
-        for process in self.processes.values():
-            process.wait(timeout=30)
+def engines(state_url: str, broker_url: str) -> dict[str, str]:
+    """The daemons' environment on these servers."""
+    return {"MARGINWATCH_REDIS_URL": state_url, "MARGINWATCH_BROKER_URL": broker_url,
+            "MARGINWATCH_PARTITIONS": str(PARTITIONS)}  # fmt: skip
 
 
 def tick(client: redis.Redis, price: int) -> None:
@@ -137,14 +109,14 @@ def test_a_killed_cluster_primary_loses_no_liquidation(
     liquidation happens once."""
     redis.Redis.from_url(redis_server.url).flushdb()
     client = open_redis(cluster.url)
-    daemons = Daemons(cluster.url, redis_server.url, tmp_path)
+    daemons = Daemons(engines(cluster.url, redis_server.url), tmp_path)
     busy = partition_of(ACCOUNTS[0], PARTITIONS)
     try:
         run_the_crash(
             client, daemons, lambda: cluster.kill(cluster.primary_of(keys.account(busy, "x")))
         )
     finally:
-        daemons.stop()
+        daemons.stop_all()
 
 
 def test_a_killed_executor_of_a_pair_loses_nothing_on_rabbitmq(
@@ -154,8 +126,8 @@ def test_a_killed_executor_of_a_pair_loses_nothing_on_rabbitmq(
     return to their queues at once and the other executes them."""
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
-    daemons = Daemons(redis_server.url, rabbitmq.url, tmp_path)
+    daemons = Daemons(engines(redis_server.url, rabbitmq.url), tmp_path)
     try:
         run_the_crash(client, daemons, lambda: daemons.kill("executor-1"))
     finally:
-        daemons.stop()
+        daemons.stop_all()

@@ -7,10 +7,6 @@ with SIGKILL in the middle of the work. Nothing may be lost or done twice.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -32,6 +28,7 @@ from marginwatch.runtime.celery_app import executor_queues
 from marginwatch.state import streams
 from marginwatch.state.accounts import read_account, store_accounts
 from marginwatch.state.fund import credit_ledger, read_ledgers
+from tests.daemons import Daemons
 from tests.polling import wait_for
 
 D = Decimal
@@ -41,46 +38,14 @@ FUND = D(1_000_000)
 DEFICIT = D(2_000) - D(1_265)
 
 
-class Daemons:
-    """``python -m marginwatch`` subprocesses of one deployment, logs in ``directory``."""
-
-    def __init__(self, server: RedisServer, directory: Path) -> None:
-        self.directory = directory
-        self.env = {**os.environ, "MARGINWATCH_REDIS_URL": server.url,
-                    "MARGINWATCH_PARTITIONS": str(P),
-                    # A killed executor's message is redelivered after this, not after 6 min.
-                    "MARGINWATCH_VISIBILITY_TIMEOUT_SECONDS": "4"}  # fmt: skip
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.directory / f"{name}.log").open("ab")
-        command = [sys.executable, "-m", "marginwatch", *args, "--loglevel", "WARNING"]
-        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.processes[name] = process
-        return process
-
-    def kill(self, pid: int) -> str:
-        """SIGKILL the daemon with ``pid``; its name."""
-        name = next(n for n, p in self.processes.items() if p.pid == pid)
-        os.kill(pid, signal.SIGKILL)
-        self.processes.pop(name).wait(timeout=10)
-        return name
-
-    def alive(self) -> bool:
-        return all(process.poll() is None for process in self.processes.values())
-
-    def stop_all(self) -> None:
-        for process in self.processes.values():
-            process.terminate()
-        for process in self.processes.values():
-            process.wait(timeout=30)
-
-
 @pytest.fixture
 def daemons(
     redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
 ) -> Iterator[Daemons]:
-    running = Daemons(redis_server, tmp_path)
+    env = {"MARGINWATCH_REDIS_URL": redis_server.url, "MARGINWATCH_PARTITIONS": str(P),
+           # A killed executor's message is redelivered after this, not after 6 min.
+           "MARGINWATCH_VISIBILITY_TIMEOUT_SECONDS": "4"}  # fmt: skip
+    running = Daemons(env, tmp_path)
     yield running
     running.stop_all()
 
@@ -140,7 +105,7 @@ def test_two_executors_on_one_range_one_killed_mid_run(
 
     wait_for(lambda: len(liquidated()) >= 20, "the first liquidations", timeout=60)
     killed_at = time.monotonic()
-    daemons.kill(first.pid)
+    daemons.kill_pid(first.pid)
     for h in healthy:
         publish_account_event(redis_client, {"type": "deposit", "account_id": h, "amount": "1",
                                              "event_id": f"dep-{h}"})  # fmt: skip
@@ -204,7 +169,7 @@ def test_two_appliers_race_for_a_partition_and_order_is_kept(
     holder = wait_for(lambda: versions() >= len(events) // 4 and executor_pids(redis_client),
                       "a quarter of the events applied")  # fmt: skip
     (pid,) = holder
-    daemons.kill(pid)
+    daemons.kill_pid(pid)
     feeder.join()
     wait_for(lambda: versions() == len(events), "every event applied", timeout=60)
     survivor = executor_pids(redis_client)
