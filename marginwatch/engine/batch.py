@@ -10,14 +10,29 @@ Layout (one row per position, float64 money, no Python objects on the hot path):
 * a *group* (the legs sharing one liquidation price: the cross legs of one symbol, or one
   isolated position) is a contiguous range ``group_starts[g]:group_starts[g + 1]``.
 
-Floats screen; the exact path decides. A pool whose status could flip under float rounding is
-flagged ``uncertain`` (see ``kernels.evaluate_pools``), and callers confirm candidates exactly.
+Floats screen; the exact path decides where floats could be wrong. A pool whose status could
+flip under float rounding is flagged ``uncertain`` and is confirmed exactly by the caller; any
+other pool's status is the exact status.
+
+The error bound. With ``u = 2⁻⁵³`` (float64's unit roundoff), each input (``Q``, ``EP``, the
+mark, a tier's rate and amount) is its decimal within a relative ``u``. A row's
+``MM = |Q|·P·rate − amount`` is then within about ``7u·|Q|·P`` (``amount <= |Q|·P·rate`` in the
+row's tier, ``rate <= 1``), its ``UPNL = Q·(P − EP)`` within ``4u·|Q|·(P + EP)``, and each of the
+``n`` additions of a pool's sums adds at most ``u`` times a partial sum. Every term is bounded by
+``gross = |wallet| + Σ (|Q|·P + |Q|·EP + MM)``, so ``MM − t·(wallet + UPNL)`` for ``t <= 1`` is
+within ``2u·(n + 10)·gross`` of its exact value: ``kernels.ROUNDING_PER_ROW × (n +
+ROUNDING_FIXED_ROWS)``, relative to ``gross``. The screen flags a pool whose gap to a threshold
+(or to a watched level) is within ``max(UNCERTAINTY_BAND, that) × gross``; ``UNCERTAINTY_BAND``
+(1e-12) covers pools of up to about 4,000 rows (a cross pool has at most two rows per symbol).
+``tests/test_properties.py`` checks the bound on random books.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +48,12 @@ BoolArray = npt.NDArray[np.bool_]
 
 # Relative band of float uncertainty around each threshold (see kernels.evaluate_pools).
 UNCERTAINTY_BAND = 1e-12
+
+
+def rounding_bound(rows: int) -> float:
+    """The screen's bound on the rounding error of a pool of ``rows`` rows, relative to its
+    gross (see the module docstring)."""
+    return kernels.ROUNDING_PER_ROW * (rows + kernels.ROUNDING_FIXED_ROWS)
 
 
 @dataclass(frozen=True)
@@ -127,15 +148,32 @@ class BatchResult:
 
 
 def evaluate_ratios(
-    book: Book, brackets: BracketArrays, marks: FloatArray, thresholds: Thresholds, out: BatchResult
+    book: Book,
+    brackets: BracketArrays,
+    marks: FloatArray,
+    thresholds: Thresholds,
+    out: BatchResult,
+    pools: IntArray | None = None,
+    watched: Sequence[Decimal] = (),
 ) -> None:
-    """Margin ratios and statuses of every pool into ``out``."""
-    levels = np.array(
-        [thresholds.warning_ratio, thresholds.margin_call_ratio, thresholds.liquidation_ratio],
-        dtype=np.float64,
-    )
-    kernels.evaluate_pools(
-        marks,
+    """Margin ratios and statuses into ``out``: of every pool, or of ``pools`` only (the
+    others keep theirs; each listed pool gets exactly the figures of a full pass). A pool near
+    a ``watched`` ratio (a level a caller decides on, besides the statuses') is uncertain too."""
+    status_levels = (
+        thresholds.warning_ratio, thresholds.margin_call_ratio, thresholds.liquidation_ratio
+    )  # fmt: skip
+    levels = np.array([*status_levels, *watched], dtype=np.float64)
+    if pools is None:
+        kernels.evaluate_pools(marks, *_ratio_arguments(book, brackets, levels, out))
+    else:
+        kernels.evaluate_listed_pools(pools, marks, *_ratio_arguments(book, brackets, levels, out))
+
+
+def _ratio_arguments(
+    book: Book, brackets: BracketArrays, levels: FloatArray, out: BatchResult
+) -> tuple[Any, ...]:
+    """The book's, the tables' and the buffers' arrays, in ``kernels.evaluate_pools`` order."""
+    return (
         book.symbol,
         book.quantity,
         book.entry_price,

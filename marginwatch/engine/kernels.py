@@ -17,6 +17,10 @@ from numba import njit
 
 # Status codes, in ``types.STATUS_ORDER``: ok, warning, margin_call, liquidation.
 LIQUIDATION_CODE = 3
+STATUS_LEVELS = 3  # thresholds[:3] are warning, margin call, liquidation
+# Relative rounding error of the float screen per row summed (see ``batch``'s error bound).
+ROUNDING_PER_ROW = 2.3e-16
+ROUNDING_FIXED_ROWS = 10.0
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -58,59 +62,122 @@ def evaluate_pools(
     out_status: np.ndarray,
     out_uncertain: np.ndarray,
 ) -> None:
-    """Per pool: ``Σ UPNL``, ``Σ MM``, ``MR = Σ MM / (wallet + Σ UPNL)`` and its status.
+    """``_evaluate_pool`` for every pool (the full pass)."""
+    for pool in range(pool_wallet.shape[0]):
+        _evaluate_pool(
+            pool, marks, symbol, quantity, entry_price, pool_starts, pool_wallet, floors, rate,
+            amount, thresholds, band, out_tier, out_upnl, out_maintenance, out_ratio, out_status,
+            out_uncertain,
+        )  # fmt: skip
+
+
+@njit(cache=True, nogil=True)
+def evaluate_listed_pools(
+    pools: np.ndarray,
+    marks: np.ndarray,
+    symbol: np.ndarray,
+    quantity: np.ndarray,
+    entry_price: np.ndarray,
+    pool_starts: np.ndarray,
+    pool_wallet: np.ndarray,
+    floors: np.ndarray,
+    rate: np.ndarray,
+    amount: np.ndarray,
+    thresholds: np.ndarray,
+    band: float,
+    out_tier: np.ndarray,
+    out_upnl: np.ndarray,
+    out_maintenance: np.ndarray,
+    out_ratio: np.ndarray,
+    out_status: np.ndarray,
+    out_uncertain: np.ndarray,
+) -> None:
+    """``_evaluate_pool`` for the pools listed in ``pools`` only (an incremental pass): each
+    one's figures are the full pass's, bit for bit (same rows, same order of summation)."""
+    for index in range(pools.shape[0]):
+        _evaluate_pool(
+            pools[index], marks, symbol, quantity, entry_price, pool_starts, pool_wallet, floors,
+            rate, amount, thresholds, band, out_tier, out_upnl, out_maintenance, out_ratio,
+            out_status, out_uncertain,
+        )  # fmt: skip
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _evaluate_pool(
+    pool: int,
+    marks: np.ndarray,
+    symbol: np.ndarray,
+    quantity: np.ndarray,
+    entry_price: np.ndarray,
+    pool_starts: np.ndarray,
+    pool_wallet: np.ndarray,
+    floors: np.ndarray,
+    rate: np.ndarray,
+    amount: np.ndarray,
+    thresholds: np.ndarray,
+    band: float,
+    out_tier: np.ndarray,
+    out_upnl: np.ndarray,
+    out_maintenance: np.ndarray,
+    out_ratio: np.ndarray,
+    out_status: np.ndarray,
+    out_uncertain: np.ndarray,
+) -> None:
+    """One pool: ``Σ UPNL``, ``Σ MM``, ``MR = Σ MM / (wallet + Σ UPNL)`` and its status.
 
     ``out_tier`` holds each row's tier at its last mark: it is checked first (two comparisons,
     almost always still right) and updated by the branch-free search when the notional left it.
     A pool is *uncertain* when float rounding could flip a threshold comparison,
-    ``|MM − threshold × MB| <= band × gross``, where ``gross`` bounds the magnitude of every
-    term summed (``|wallet| + Σ (|Q|·MP + |Q|·EP + MM)``). The exact path decides those.
+    ``|MM − threshold × MB| <= max(band, ROUNDING_PER_ROW × (rows + 10)) × gross``, where
+    ``gross`` bounds the magnitude of every term summed (``|wallet| + Σ (|Q|·MP + |Q|·EP +
+    MM)``); ``batch``'s docstring derives the bound. The exact path decides those.
     """
-    for pool in range(pool_wallet.shape[0]):
-        upnl = 0.0
-        maintenance = 0.0
-        gross = abs(pool_wallet[pool])
-        for row in range(pool_starts[pool], pool_starts[pool + 1]):
-            sym = symbol[row]
-            mark = marks[sym]
-            size = abs(quantity[row])
-            notional = size * mark
-            tier = out_tier[row]  # the row's tier last time: it rarely changes between ticks
-            if not _holds(floors, sym, tier, notional):
-                tier = _tier(floors, sym, notional)
-                out_tier[row] = tier
-            margin = notional * rate[sym, tier] - amount[sym, tier]
-            maintenance += margin
-            upnl += quantity[row] * (mark - entry_price[row])
-            gross += notional + size * entry_price[row] + margin
-        out_upnl[pool] = upnl
-        out_maintenance[pool] = maintenance
-        empty = pool_starts[pool + 1] == pool_starts[pool]
-        balance = pool_wallet[pool] + upnl
-        out_ratio[pool] = maintenance / balance if balance > 0.0 else math.nan
-        if empty:
-            out_status[pool] = 0
-            out_uncertain[pool] = False
-        else:
-            out_status[pool], out_uncertain[pool] = _classify(
-                maintenance, balance, band * gross, thresholds
-            )
+    upnl = 0.0
+    maintenance = 0.0
+    gross = abs(pool_wallet[pool])
+    for row in range(pool_starts[pool], pool_starts[pool + 1]):
+        sym = symbol[row]
+        mark = marks[sym]
+        size = abs(quantity[row])
+        notional = size * mark
+        tier = out_tier[row]  # the row's tier last time: it rarely changes between ticks
+        if not _holds(floors, sym, tier, notional):
+            tier = _tier(floors, sym, notional)
+            out_tier[row] = tier
+        margin = notional * rate[sym, tier] - amount[sym, tier]
+        maintenance += margin
+        upnl += quantity[row] * (mark - entry_price[row])
+        gross += notional + size * entry_price[row] + margin
+    out_upnl[pool] = upnl
+    out_maintenance[pool] = maintenance
+    balance = pool_wallet[pool] + upnl
+    out_ratio[pool] = maintenance / balance if balance > 0.0 else math.nan
+    if pool_starts[pool + 1] == pool_starts[pool]:
+        out_status[pool] = 0
+        out_uncertain[pool] = False
+    else:
+        rows = pool_starts[pool + 1] - pool_starts[pool]
+        relative = max(band, ROUNDING_PER_ROW * (rows + ROUNDING_FIXED_ROWS))
+        out_status[pool], out_uncertain[pool] = _classify(
+            maintenance, balance, relative * gross, thresholds
+        )
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _classify(
     maintenance: float, balance: float, tolerance: float, thresholds: np.ndarray
 ) -> tuple[int, bool]:
-    """(status, uncertain): the number of thresholds reached; ``MB <= 0`` is liquidation."""
+    """(status, uncertain): the number of the first ``STATUS_LEVELS`` thresholds reached
+    (``MB <= 0`` is liquidation); uncertain when the balance or the gap to any threshold
+    (further ones are watched levels, e.g. the re-arm level) is within ``tolerance``."""
     uncertain = abs(balance) <= tolerance
-    if balance <= 0.0:
-        return LIQUIDATION_CODE, uncertain
     status = 0
-    for threshold in thresholds:
-        gap = maintenance - threshold * balance
-        status += gap >= 0.0
+    for index in range(thresholds.shape[0]):
+        gap = maintenance - thresholds[index] * balance
+        if index < STATUS_LEVELS and gap >= 0.0:
+            status += 1
         uncertain |= abs(gap) <= tolerance
-    return status, uncertain
+    return (LIQUIDATION_CODE if balance <= 0.0 else status), uncertain
 
 
 @njit(cache=True, nogil=True)
