@@ -11,6 +11,7 @@ from marginwatch.engine.exact import AccountReport, PoolReport, PositionReport
 from marginwatch.engine.types import Account, MarginMode, Position, PositionSide
 
 CROSS_POOL = "cross"
+SIDES = (PositionSide.BOTH, PositionSide.LONG, PositionSide.SHORT)  # in pool codes' order
 _ISOLATED_POOL = "isolated:{symbol}:{side}"
 
 
