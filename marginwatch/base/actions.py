@@ -37,8 +37,9 @@ class Action:
     ``account_version``.
 
     ``tick_sequence`` and ``tick_event_time_ms`` are the newest tick among the pool's symbols
-    when the worker decided (0 when none); ``detected_ratio`` is the exact ratio it saw
-    (``None``: margin balance <= 0), as a decimal string.
+    when the worker decided (0 when none); ``detected_ratio`` is the ratio it decided on
+    (``None``: margin balance <= 0), as a decimal string: exact, or the float screen's where
+    its error bound made the screen certain (``engine.batch``).
     """
 
     kind: ActionKind

@@ -1,12 +1,14 @@
-"""One evaluation of a partition: newest marks, batch screening, exact confirmation, actions.
+"""One evaluation of a partition: newest marks, batch screening, decisions, actions.
 
-The batch path screens every pool of the partition; only the pools where an action may be due
-are evaluated again with the exact path, and an action is sent only when the exact status says
-so: a margin call when a pool enters an episode (ratio >= margin call ratio), its resolution when
-the ratio falls below ``margin_call_ratio - margin_call_hysteresis``, a liquidation when the pool
-reaches ``liquidation`` (once per account version).
+The batch path screens the pools the new marks move (``PartitionBook.pools_to_evaluate``: those
+holding a symbol that ticked, every pool after a change of layout and at an interval). The pools
+where an action may be due are decided (``decisions``: by the screen where its error bound makes
+it certain, else exactly): a margin call when a pool enters an episode (ratio >= margin call
+ratio), its resolution when the ratio falls below ``margin_call_ratio -
+margin_call_hysteresis``, a liquidation when the pool reaches ``liquidation`` (once per account
+version).
 
-Send, then remember: what a confirmation decides for a pool (its confirmed status, whether it
+Send, then remember: what is decided for a pool (its confirmed status, whether it
 is in an episode) is kept aside as a ``Decision`` and applied by ``finish_evaluation``, which
 the caller runs only after the actions are sent. An evaluation that fails before (a Redis error
 while sending) changes no pool's memory, so its retry finds the same actions due.
@@ -15,42 +17,30 @@ while sending) changes no pool's memory, so its retry finds the same actions due
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import numpy as np
-import numpy.typing as npt
 import redis
 from redis.client import Pipeline
 
 from marginwatch.base import keys
 from marginwatch.base.actions import Action, ActionKind
-from marginwatch.base.pools import pool_of, pool_symbols
 from marginwatch.base.settings import Settings
 from marginwatch.base.ticks import Tick
 from marginwatch.engine import batch
-from marginwatch.engine.exact import PoolReport, evaluate_account
-from marginwatch.engine.types import Account, Status
 from marginwatch.state.due import due_pools, queue_due
 from marginwatch.state.episodes import open_episodes
-from marginwatch.worker.partition import UNKNOWN_STATUS, PartitionBook
+from marginwatch.worker.decisions import (
+    LIQUIDATION_CODE,
+    MARGIN_CALL_CODE,
+    Decision,
+    decide_candidates,
+)
+from marginwatch.worker.partition import PartitionBook
 
-MARGIN_CALL_CODE = Status.MARGIN_CALL.severity
-LIQUIDATION_CODE = Status.LIQUIDATION.severity
 RISKIEST_KEPT = 20
 RISKIEST_INTERVAL_SECONDS = 1.0
 NO_RATIO_SCORE = 1e9  # margin balance <= 0: riskier than any ratio
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the exact confirmation of a pool decided: its status code and whether it is in a
-    margin-call episode; applied once the pool's actions are sent."""
-
-    pool: int
-    status_code: int
-    in_episode: bool
 
 
 @dataclass
@@ -70,6 +60,7 @@ class EvaluationOutcome:
     ticks: dict[str, Tick] = field(default_factory=dict, repr=False)
     marks: batch.FloatArray = field(default_factory=lambda: np.zeros(0), repr=False)
     decisions: list[Decision] = field(default_factory=list, repr=False)
+    evaluated: batch.IntArray | None = field(default=None, repr=False)  # None: every pool
 
     def sent(self) -> dict[ActionKind, int]:
         """How many actions of each kind are due."""
@@ -92,95 +83,51 @@ def evaluate_partition(
     outcome = EvaluationOutcome(
         accounts_refreshed=refreshed, started_at=started_at, ticks=ticks, marks=marks
     )
-    batch.evaluate_ratios(book.book, book.brackets, marks, settings.thresholds, book.result)
-    candidates = select_candidates(book, settings)
-    settle_quiet_pools(book, candidates)
-    for pool in np.flatnonzero(candidates):
-        actions, decision = confirm_pool(book, int(pool), ticks, settings)
-        outcome.actions += actions
-        outcome.decisions += [decision] if decision is not None else []
+    pools = outcome.evaluated = book.pools_to_evaluate(marks)
+    batch.evaluate_ratios(book.book, book.brackets, marks, settings.thresholds, book.result,
+                          pools, watched=(settings.rearm_below,))  # fmt: skip
+    book.evaluated(marks, pools)
+    candidates = select_candidates(book, settings, pools)
+    settle_quiet_pools(book, candidates, pools)
+    outcome.actions, outcome.decisions = decide_candidates(book, client, candidates, ticks,
+                                                           settings)  # fmt: skip
     outcome.newest_tick = max(ticks.values(), key=lambda tick: tick.sequence, default=None)
-    outcome.positions, outcome.pools = book.book.positions, book.book.pools
-    outcome.candidates = int(candidates.sum())
+    outcome.positions, outcome.pools = evaluated_size(book, pools)
+    outcome.candidates = int(candidates.size)
     outcome.perf_started = started
     return outcome
 
 
-def select_candidates(book: PartitionBook, settings: Settings) -> npt.NDArray[np.bool_]:
-    """Pools where an action may be due: to be confirmed with the exact path."""
-    status, ratio = book.result.status, book.result.margin_ratio
-    rearm_below = float(settings.rearm_below)
-    entering = (status >= MARGIN_CALL_CODE) & (book.confirmed_status != status)
-    recovering = book.in_episode & (ratio < rearm_below)
-    return entering | recovering | book.result.uncertain  # type: ignore[no-any-return]
+def evaluated_size(book: PartitionBook, pools: batch.IntArray | None) -> tuple[int, int]:
+    """(positions, pools) an evaluation of ``pools`` (``None``: every pool) went through."""
+    if pools is None:
+        return book.book.positions, book.book.pools
+    sizes = book.book.pool_starts[pools + 1] - book.book.pool_starts[pools]
+    return int(sizes.sum()), int(pools.size)
 
 
-def settle_quiet_pools(book: PartitionBook, candidates: npt.NDArray[np.bool_]) -> None:
-    """Pools below margin call need no action: their batch status is their status."""
-    quiet = ~candidates & (book.result.status < MARGIN_CALL_CODE)
+def select_candidates(
+    book: PartitionBook, settings: Settings, pools: batch.IntArray | None = None
+) -> batch.IntArray:
+    """Of ``pools`` (``None``: every pool), those where an action may be due: to be confirmed
+    with the exact path."""
+    pools = np.arange(book.book.pools) if pools is None else pools
+    status, ratio = book.result.status[pools], book.result.margin_ratio[pools]
+    entering = (status >= MARGIN_CALL_CODE) & (book.confirmed_status[pools] != status)
+    recovering = book.in_episode[pools] & (ratio < float(settings.rearm_below))
+    selected: batch.IntArray = pools[entering | recovering | book.result.uncertain[pools]]
+    return selected
+
+
+def settle_quiet_pools(
+    book: PartitionBook, candidates: batch.IntArray, pools: batch.IntArray | None
+) -> None:
+    """Of ``pools``, those below margin call need no action: their batch status is their
+    status."""
+    pools = np.arange(book.book.pools) if pools is None else pools
+    quiet = pools[np.isin(pools, candidates, invert=True)]
+    quiet = quiet[book.result.status[quiet] < MARGIN_CALL_CODE]
     book.confirmed_status[quiet] = book.result.status[quiet]
-
-
-def confirm_pool(
-    book: PartitionBook, pool: int, ticks: Mapping[str, Tick], settings: Settings
-) -> tuple[list[Action], Decision | None]:
-    """Evaluate the pool exactly: the actions its exact status calls for, and the decision
-    to remember once they are sent."""
-    stored = book.account_of_pool(pool)
-    pool_name = book.pool_key(pool)[1]
-    if any(position.symbol not in ticks for position in stored.account.positions):
-        return [], None
-    marks = {symbol: tick.mark_price for symbol, tick in ticks.items()}
-    exact = exact_pool(stored.account, pool_name, marks, book, settings)
-    if exact is None:
-        return [], None
-    trigger = triggering_tick(stored.account, pool_name, ticks)
-    kinds, in_episode = due_actions(book, pool, exact, settings)
-    due = [
-        Action(kind, book.partition, stored.account.account_id, pool_name, stored.version,
-               trigger.sequence if trigger else 0, trigger.event_time_ms if trigger else 0,
-               None if exact.margin_ratio is None else str(exact.margin_ratio))
-        for kind in kinds
-    ]  # fmt: skip
-    return due, Decision(pool, exact.status.severity, in_episode)
-
-
-def due_actions(
-    book: PartitionBook, pool: int, exact: PoolReport, settings: Settings
-) -> tuple[list[ActionKind], bool]:
-    """Actions due for a pool given its exact figures, and whether it is in an episode after
-    them (the book is not changed here)."""
-    kinds, in_episode = [], bool(book.in_episode[pool])
-    if exact.status is Status.LIQUIDATION and book.confirmed_status[pool] != LIQUIDATION_CODE:
-        kinds.append(ActionKind.LIQUIDATION)
-    if not in_episode and exact.status.severity >= MARGIN_CALL_CODE:
-        kinds.insert(0, ActionKind.MARGIN_CALL)
-        in_episode = True
-    elif (
-        in_episode and exact.margin_ratio is not None and exact.margin_ratio < settings.rearm_below
-    ):
-        kinds.append(ActionKind.MARGIN_CALL_RESOLVED)
-        in_episode = False
-    return kinds, in_episode
-
-
-def exact_pool(
-    account: Account,
-    pool_name: str,
-    marks: Mapping[str, Decimal],
-    book: PartitionBook,
-    settings: Settings,
-) -> PoolReport | None:
-    """The exact figures of one pool of an account."""
-    report = evaluate_account(account, marks, book.tables, settings.thresholds, settings.venue)
-    found = pool_of(report, pool_name)
-    return None if found is None else found[0]
-
-
-def triggering_tick(account: Account, pool_name: str, ticks: Mapping[str, Tick]) -> Tick | None:
-    """The newest tick among the symbols that move the pool."""
-    symbols = pool_symbols(account, pool_name)
-    return max((ticks[s] for s in symbols), key=lambda tick: tick.sequence, default=None)
 
 
 def record_due(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:
@@ -207,7 +154,7 @@ def reconfirm_settled_liquidations(client: redis.Redis, book: PartitionBook) -> 
     ]
     due = np.array([code for code in codes if code is not None], dtype=np.int64)
     settled = remembered[~np.isin(book.pool_codes[remembered], due)]
-    book.confirmed_status[settled] = UNKNOWN_STATUS
+    book.reconsider(settled)
     return int(settled.size)
 
 
@@ -223,7 +170,7 @@ def reconcile_episodes(client: redis.Redis, book: PartitionBook) -> int:
     book.recently_decided.clear()
     differ = np.flatnonzero((in_redis != book.in_episode) & ~recent)
     book.in_episode[differ] = in_redis[differ]
-    book.confirmed_status[differ] = UNKNOWN_STATUS
+    book.reconsider(differ)
     return int(differ.size)
 
 
@@ -231,6 +178,7 @@ def finish_evaluation(client: redis.Redis, book: PartitionBook, outcome: Evaluat
     """After the outcome's actions are sent: remember the decisions, record progress, time
     the whole evaluation."""
     apply_decisions(book, outcome.decisions)
+    book.settled(outcome.evaluated)
     write_progress(client, book, outcome)
     outcome.seconds = time.perf_counter() - outcome.perf_started
 

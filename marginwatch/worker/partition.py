@@ -1,13 +1,21 @@
-"""A partition's book in memory: its accounts as the engine's arrays, kept current by version.
+"""A partition's book in memory: its accounts as the engine's column arrays, kept current by
+version, with no Python object per account or position.
 
-Loaded once at start; afterwards only the accounts named on the partition's change stream are
-read again (when their version is newer than the one held). Their rows are replaced in the
-column arrays and the book is laid out again with vectorised code, so a change costs array work,
-not a Python pass over every position.
+Loaded once at start, in chunks of ``LOAD_CHUNK`` accounts, parsed straight into rows
+(``state.account_rows``); afterwards only the accounts named on the partition's change stream
+are read again (when their version is newer than the one held). Their rows are replaced and the
+book is laid out again with vectorised code, so a change costs array work, not a Python pass
+over every position. What the book keeps per account is its id, its number and its version; an
+account that needs exact work (a candidate's confirmation) is read from Redis when it does.
 
 Each pool has a stable integer identity, ``account number × stride + code`` (code 0: the cross
 pool; ``1 + 3 × symbol index + side index``: an isolated position), so per-pool memory (last
 confirmed status, margin-call episode) follows its pool across layouts.
+
+Incremental evaluation (``engine.incremental``): the book remembers the marks its figures are
+at, and which pools must be looked at again whatever the marks (``dirty``: their memory was
+reset). ``pools_to_evaluate`` lists the pools holding a symbol whose mark changed, plus the
+dirty ones; after a layout change, and every ``FULL_PASS_INTERVAL_SECONDS``, every pool.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,16 +32,16 @@ import numpy.typing as npt
 import redis
 
 from marginwatch.base import keys
-from marginwatch.base.pools import CROSS_POOL, isolated_pool_name
+from marginwatch.base.pools import CROSS_POOL, SIDES, isolated_pool_name
 from marginwatch.engine import batch
 from marginwatch.engine.brackets import BracketTable
-from marginwatch.engine.types import Account, Position, PositionSide
+from marginwatch.engine.incremental import SymbolPools, changed_symbols
+from marginwatch.engine.types import PositionSide
+from marginwatch.state.account_rows import AccountRows, read_account_rows
 from marginwatch.state.accounts import (
-    StoredAccount,
     changes_trimmed_after,
     iterate_changes,
     partition_account_ids,
-    read_accounts,
 )
 from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.episodes import open_episodes
@@ -43,7 +51,8 @@ log = logging.getLogger("marginwatch.worker")
 
 UNKNOWN_STATUS = -1
 TRIM_CHECK_INTERVAL_SECONDS = 1.0
-SIDES = (PositionSide.BOTH, PositionSide.LONG, PositionSide.SHORT)
+FULL_PASS_INTERVAL_SECONDS = 10.0
+LOAD_CHUNK = 50_000
 
 PoolKey = tuple[str, str]  # (account id, pool name)
 
@@ -55,17 +64,20 @@ class PartitionBook:
     partition: int
     brackets: batch.BracketArrays
     tables: Mapping[str, BracketTable]
-    accounts: dict[str, StoredAccount] = field(default_factory=dict)
     last_change_id: str = "0"
     ids: list[str] = field(default_factory=list)  # account number -> id
     numbers: dict[str, int] = field(default_factory=dict)  # id -> account number
-    columns: batch.Columns = field(init=False)
-    row_code: npt.NDArray[np.int64] = field(init=False)  # per column row: its isolated code
+    versions: npt.NDArray[np.int64] = field(init=False)  # per account number
     book: batch.Book = field(init=False)
     result: batch.BatchResult = field(init=False)
+    symbol_pools: SymbolPools = field(init=False)
     pool_codes: npt.NDArray[np.int64] = field(init=False)
     confirmed_status: npt.NDArray[np.int8] = field(init=False)
     in_episode: npt.NDArray[np.bool_] = field(init=False)
+    dirty: npt.NDArray[np.bool_] = field(init=False)  # per pool: evaluate it next time
+    evaluated_marks: batch.FloatArray = field(init=False)  # the marks ``result`` is at
+    full_pass_due: bool = field(default=True, init=False)
+    full_pass_at: float = field(default=-math.inf, init=False)  # monotonic seconds
     riskiest_written_at: float = field(default=-math.inf, init=False)  # monotonic seconds
     trim_checked_at: float = field(default=-math.inf, init=False)  # monotonic seconds
     recently_decided: set[int] = field(default_factory=set, init=False)  # pool codes
@@ -74,22 +86,37 @@ class PartitionBook:
 
     def __post_init__(self) -> None:
         self.ticks = TickCache(self.bad)
-        self.columns, self.row_code = _rows([], self.brackets)
-        self._lay_out(set())
+        self.versions = np.zeros(0, dtype=np.int64)
+        self.evaluated_marks = np.full(len(self.brackets.symbols), np.nan)
+        empty = _columns(AccountRows(), [], np.zeros(0))
+        self._lay_out(empty, np.zeros(0, np.int64), np.zeros(0, np.int64))
 
     @property
     def code_stride(self) -> int:
         return 1 + 3 * len(self.brackets.symbols)
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the book's arrays (ids and their numbers not counted)."""
+        arrays = (self.versions, self.pool_codes, self.confirmed_status, self.in_episode,
+                  self.dirty, self.evaluated_marks)  # fmt: skip
+        result = sum(int(value.nbytes) for value in vars(self.result).values())
+        return self.book.nbytes + result + self.symbol_pools.nbytes + sum(a.nbytes for a in arrays)
+
     def load(self, client: redis.Redis) -> None:
-        """Read every account of the partition (changes before the read are already in it)
-        and which of its pools are in a margin-call episode."""
+        """Read every account of the partition, in chunks (changes before the read are
+        already in it), and which of its pools are in a margin-call episode."""
         newest: list[Any] = client.xrevrange(  # type: ignore[assignment]
             keys.partition_changes(self.partition), count=1
         )
         last_change_id = newest[0][0].decode() if newest else "0"
         ids = partition_account_ids(client, self.partition)
-        self.replace(read_accounts(client, self.partition, ids, self.bad))
+        chunks = [
+            read_account_rows(client, self.partition, ids[start : start + LOAD_CHUNK],
+                              self.brackets.index, self.bad)
+            for start in range(0, len(ids), LOAD_CHUNK)
+        ]  # fmt: skip
+        self.replace(chunks)
         self.restore_episodes(open_episodes(client, self.partition))
         self.last_change_id = last_change_id  # only once all of it was read
 
@@ -112,6 +139,11 @@ class PartitionBook:
             return None
         return number * self.code_stride + _code_within(index, PositionSide(side))
 
+    def version_of(self, account_id: str) -> int | None:
+        """The version of the account the book holds (``None``: not in this book)."""
+        number = self.numbers.get(account_id)
+        return None if number is None else int(self.versions[number])
+
     def refresh(self, client: redis.Redis) -> int:
         """Read the accounts changed since the last refresh; lay out again if any is newer.
         If the change stream was trimmed past what this book read, every account is read again
@@ -121,20 +153,28 @@ class PartitionBook:
             log.warning("partition %d: change stream trimmed past %s; reloading every account",
                         self.partition, self.last_change_id)  # fmt: skip
             self.load(client)
-            return len(self.accounts)
+            return len(self.ids)
+        changed, last_change_id = self._read_changes(client)
+        if changed:
+            ids = sorted(changed)
+            self.replace([read_account_rows(client, self.partition, ids, self.brackets.index,
+                                            self.bad)])  # fmt: skip
+        self.last_change_id = last_change_id  # only once the changed accounts were read
+        return len(changed)
+
+    def _read_changes(self, client: redis.Redis) -> tuple[set[str], str]:
+        """Accounts named on the change stream with a newer version than the book's, and the
+        id of the last entry read."""
         changed: set[str] = set()
         last_change_id = self.last_change_id
         for entry_id, account_id, version in iterate_changes(
             client, self.partition, last_change_id
         ):
             last_change_id = entry_id
-            held = self.accounts.get(account_id)
-            if held is None or held.version < version:
+            held = self.version_of(account_id)
+            if held is None or held < version:
                 changed.add(account_id)
-        if changed:
-            self.replace(read_accounts(client, self.partition, sorted(changed), self.bad))
-        self.last_change_id = last_change_id  # only once the changed accounts were read
-        return len(changed)
+        return changed, last_change_id
 
     def _trimmed_past_us(self, client: redis.Redis) -> bool:
         now = time.monotonic()
@@ -143,48 +183,110 @@ class PartitionBook:
         self.trim_checked_at = now
         return changes_trimmed_after(client, self.partition, self.last_change_id)
 
-    def replace(self, updated: Mapping[str, StoredAccount]) -> None:
+    def replace(self, chunks: list[AccountRows]) -> None:
         """Put these accounts' current state in place of what the book held for them."""
-        for account_id in updated:
+        numbered = [self._number(chunk) for chunk in chunks]
+        changed = np.concatenate([np.zeros(0, np.int64), *numbered])
+        self._grow_versions()
+        for chunk, numbers in zip(chunks, numbered, strict=True):
+            self.versions[numbers] = chunk.versions
+        current, current_codes = self._current_columns()
+        keep = ~np.isin(current.account, changed)
+        wallets = np.zeros(len(self.ids))
+        wallets[: current.cross_wallet.shape[0]] = current.cross_wallet
+        fresh = [
+            _columns(chunk, numbers, wallets)
+            for chunk, numbers in zip(chunks, numbered, strict=True)
+        ]
+        codes = [_row_codes(chunk, self.brackets) for chunk in chunks]
+        columns = _concatenate(current, keep, fresh, wallets)
+        self._lay_out(columns, np.concatenate([current_codes[keep], *codes]), changed)
+
+    def _number(self, chunk: AccountRows) -> npt.NDArray[np.int64]:
+        """The account numbers of a chunk's accounts (new ones numbered in order)."""
+        for account_id in chunk.account_ids:
             if account_id not in self.numbers:
                 self.numbers[account_id] = len(self.ids)
                 self.ids.append(account_id)
-        self.accounts.update(updated)
-        changed = np.array([self.numbers[a] for a in updated], dtype=np.int64)
-        new_rows = [(self.numbers[a], stored.account) for a, stored in updated.items()]
-        self._swap_rows(changed, new_rows)
-        self._lay_out(set(changed.tolist()))
+        return np.array([self.numbers[a] for a in chunk.account_ids], dtype=np.int64)
 
-    def _swap_rows(
-        self, changed: npt.NDArray[np.int64], new_rows: list[tuple[int, Account]]
-    ) -> None:
-        keep = ~np.isin(self.columns.account, changed)
-        fresh, fresh_code = _rows(new_rows, self.brackets)
-        wallets = np.zeros(len(self.ids))
-        wallets[: self.columns.cross_wallet.shape[0]] = self.columns.cross_wallet
-        wallets[[n for n, _ in new_rows]] = [float(a.cross_wallet_balance) for _, a in new_rows]
-        self.columns = _concatenate(self.columns, keep, fresh, wallets)
-        self.row_code = np.concatenate([self.row_code[keep], fresh_code])
+    def _grow_versions(self) -> None:
+        grown = np.zeros(len(self.ids), dtype=np.int64)
+        grown[: self.versions.shape[0]] = self.versions
+        self.versions = grown
 
-    def _lay_out(self, changed_numbers: set[int]) -> None:
-        """Lay the columns out as a book; carry per-pool memory over by pool identity."""
+    def _current_columns(self) -> tuple[batch.Columns, npt.NDArray[np.int64]]:
+        """The book's rows as columns (in layout order), with their isolated codes."""
+        book = self.book
+        pool = batch.row_pool(book)
+        isolated = book.pool_isolated[pool]
+        columns = batch.Columns(
+            account=book.pool_account[pool].astype(np.int64),
+            isolated=isolated,
+            symbol=book.symbol,
+            quantity=book.quantity,
+            entry_price=book.entry_price,
+            isolated_wallet=np.where(isolated, book.pool_wallet[pool], 0.0),
+            cross_wallet=book.pool_wallet[~book.pool_isolated],
+        )
+        return columns, self.pool_codes[pool] % self.code_stride
+
+    def _lay_out(
+        self, columns: batch.Columns, row_code: npt.NDArray[np.int64],
+        changed: npt.NDArray[np.int64],
+    ) -> None:  # fmt: skip
+        """Lay the columns out as a book; carry per-pool memory over by pool identity; every
+        pool is evaluated at the next evaluation."""
         old_codes = getattr(self, "pool_codes", np.zeros(0, np.int64))
         old_status = getattr(self, "confirmed_status", np.zeros(0, np.int8))
         old_episode = getattr(self, "in_episode", np.zeros(0, np.bool_))
-        self.book, order = batch.book_from_columns(self.columns)
+        self.book, order = batch.book_from_columns(columns)
         self.result = batch.BatchResult.allocate(self.book)
+        self.symbol_pools = SymbolPools.of(self.book, len(self.brackets.symbols))
         self.pool_codes = self.book.pool_account.astype(np.int64) * self.code_stride
         isolated = self.book.pool_isolated
-        self.pool_codes[isolated] += self.row_code[order[self.book.pool_starts[:-1][isolated]]]
+        self.pool_codes[isolated] += row_code[order[self.book.pool_starts[:-1][isolated]]]
         self.confirmed_status = np.full(self.book.pools, UNKNOWN_STATUS, dtype=np.int8)
         self.in_episode = np.zeros(self.book.pools, dtype=np.bool_)
+        self.dirty = np.zeros(self.book.pools, dtype=np.bool_)
+        self.full_pass_due = True
         if old_codes.size:
             found, where = _lookup(old_codes, self.pool_codes)
             self.confirmed_status[found] = old_status[where[found]]
             self.in_episode[found] = old_episode[where[found]]
-        if changed_numbers:
-            touched = np.isin(self.book.pool_account, list(changed_numbers))
+        if changed.size:
+            touched = np.isin(self.book.pool_account, changed)
             self.confirmed_status[touched] = UNKNOWN_STATUS
+
+    def pools_to_evaluate(self, marks: batch.FloatArray) -> npt.NDArray[np.int64] | None:
+        """The pools the next evaluation at ``marks`` must evaluate (``None``: every pool)."""
+        if self.full_pass_due or time.monotonic() - self.full_pass_at >= FULL_PASS_INTERVAL_SECONDS:
+            return None
+        moved = self.symbol_pools.pools_of(changed_symbols(marks, self.evaluated_marks))
+        return np.union1d(moved, np.flatnonzero(self.dirty))
+
+    def evaluated(self, marks: batch.FloatArray, pools: npt.NDArray[np.int64] | None) -> None:
+        """``result`` is at ``marks`` now; the pools evaluated stay to be evaluated again until
+        ``settled`` (an evaluation that fails before is repeated in full for them)."""
+        self.evaluated_marks = marks.copy()
+        if pools is None:
+            self.full_pass_due = True
+        else:
+            self.dirty[pools] = True
+
+    def settled(self, pools: npt.NDArray[np.int64] | None) -> None:
+        """The evaluation of ``pools`` (``None``: a full pass) is finished."""
+        if pools is None:
+            self.full_pass_due = False
+            self.full_pass_at = time.monotonic()
+            self.dirty[:] = False
+        else:
+            self.dirty[pools] = False
+
+    def reconsider(self, pools: npt.NDArray[np.int64]) -> None:
+        """Forget what was confirmed for ``pools``: the next evaluation confirms them again."""
+        self.confirmed_status[pools] = UNKNOWN_STATUS
+        self.dirty[pools] = True
 
     def pool_key(self, pool: int) -> PoolKey:
         """(account id, pool name) of a pool of the current layout."""
@@ -195,9 +297,6 @@ class PartitionBook:
             return account_id, CROSS_POOL
         symbol = self.brackets.symbols[(within - 1) // 3]
         return account_id, isolated_pool_name(symbol, SIDES[(within - 1) % 3])
-
-    def account_of_pool(self, pool: int) -> StoredAccount:
-        return self.accounts[self.pool_key(pool)[0]]
 
 
 def _lookup(
@@ -210,21 +309,29 @@ def _lookup(
     return old_codes[where] == new_codes, where
 
 
-def _rows(
-    accounts: Sequence[tuple[int, Account]], brackets: batch.BracketArrays
-) -> tuple[batch.Columns, npt.NDArray[np.int64]]:
-    """Column rows of the given (account number, account) pairs, with their isolated codes."""
-    columns = batch.position_columns(accounts, brackets, np.zeros(0))
-    codes = [
-        _isolated_code(p, brackets) if p.is_isolated else 0
-        for _, account in accounts
-        for p in account.positions
-    ]
-    return columns, np.array(codes, dtype=np.int64)
+def _columns(
+    chunk: AccountRows, numbers: npt.NDArray[np.int64] | list[int], wallets: batch.FloatArray
+) -> batch.Columns:
+    """A chunk's rows as columns (account numbers from ``numbers``); its cross wallets are
+    written into ``wallets``."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    wallets[numbers] = chunk.cross_wallet
+    return batch.Columns(
+        account=numbers[chunk.column(0, np.int64)],
+        isolated=chunk.column(1, np.bool_),
+        symbol=chunk.column(2, np.int32),
+        quantity=chunk.column(3, np.float64),
+        entry_price=chunk.column(4, np.float64),
+        isolated_wallet=chunk.column(5, np.float64),
+        cross_wallet=wallets,
+    )
 
 
-def _isolated_code(position: Position, brackets: batch.BracketArrays) -> int:
-    return _code_within(brackets.index[position.symbol], position.position_side)
+def _row_codes(chunk: AccountRows, brackets: batch.BracketArrays) -> npt.NDArray[np.int64]:
+    """Each row's isolated code within its account (0: a cross leg)."""
+    isolated = chunk.column(1, np.bool_)
+    code = 1 + 3 * chunk.column(2, np.int64) + chunk.column(6, np.int64)
+    return np.where(isolated, code, 0)
 
 
 def _code_within(symbol_index: int, side: PositionSide) -> int:
@@ -233,11 +340,11 @@ def _code_within(symbol_index: int, side: PositionSide) -> int:
 
 
 def _concatenate(
-    old: batch.Columns, keep: npt.NDArray[np.bool_], fresh: batch.Columns,
-    wallets: npt.NDArray[np.float64],
+    old: batch.Columns, keep: npt.NDArray[np.bool_], fresh: list[batch.Columns],
+    wallets: batch.FloatArray,
 ) -> batch.Columns:  # fmt: skip
     def join(name: str) -> Any:
-        return np.concatenate([getattr(old, name)[keep], getattr(fresh, name)])
+        return np.concatenate([getattr(old, name)[keep], *(getattr(f, name) for f in fresh)])
 
     return batch.Columns(
         account=join("account"),

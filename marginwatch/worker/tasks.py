@@ -138,9 +138,9 @@ def resend_overdue(runtime: WorkerRuntime, book: PartitionBook, now: float) -> i
     the partition's liquidation queue, a message lost with an executor); how many."""
     sent_before_ms = int((now - runtime.settings.liquidation_resend_after_seconds) * 1000)
     pools = overdue(runtime.client, book.partition, sent_before_ms)
-    resent = [Action(ActionKind.LIQUIDATION, book.partition, account_id, pool,
-                     book.accounts[account_id].version)
-              for account_id, pool in pools if account_id in book.accounts]  # fmt: skip
+    versions = [(account_id, pool, book.version_of(account_id)) for account_id, pool in pools]
+    resent = [Action(ActionKind.LIQUIDATION, book.partition, account_id, pool, version)
+              for account_id, pool, version in versions if version is not None]  # fmt: skip
     if resent:
         log.warning("partition %s: %d due liquidations sent again", book.partition, len(resent))
         send_actions(runtime.app, book.partition, resent)
