@@ -51,7 +51,7 @@ from marginwatch.executor.instrumentation import (
 from marginwatch.executor.tasks import (
     ExecutorRuntime,
     parse_actions,
-    run_liquidation,
+    run_liquidations,
     run_margin_calls,
     run_resolution,
 )
@@ -290,7 +290,7 @@ def test_the_oldest_due_liquidation_age_is_exported(runtime: WorkerRuntime) -> N
     queued = runtime.client.lrange(actions_queue(0), 0, -1)
     assert len(queued) == 1
     body = json.loads(base64.b64decode(json.loads(queued[0])["body"]))
-    assert body[0][0] == Action(ActionKind.LIQUIDATION, 0, "E", "cross", 1).to_message()
+    assert body[0][0] == [Action(ActionKind.LIQUIDATION, 0, "E", "cross", 1).to_message()]
     runtime.book_gauges_due.last.clear()  # the next evaluation looks again
     run_evaluation(runtime, 0)  # one is queued now: not again
     assert runtime.client.llen(actions_queue(0)) == 1
@@ -303,7 +303,8 @@ def test_queue_lengths_are_exported_by_kind_and_partition(runtime: WorkerRuntime
     runtime.metrics = WorkerMetrics(registry)
     for _ in range(2):
         send_evaluation(runtime.app, 0)
-    send_actions(runtime.app, 0, [Action(ActionKind.LIQUIDATION, 0, "H", "cross", 1)] * 3)
+    for _ in range(3):  # three evaluations' liquidations: a message each
+        send_actions(runtime.app, 0, [Action(ActionKind.LIQUIDATION, 0, "H", "cross", 1)] * 2)
     run_evaluation(runtime, 0)  # E is at margin call: one batch of margin calls sent
     queued = {kind: sample(registry, "marginwatch_queue_messages", queue_kind=kind, partition="0")
               for kind in ("evaluations", "margin_calls", "liquidations")}  # fmt: skip
@@ -361,9 +362,9 @@ def test_executor_actions_move_the_executor_metrics(executor: ExecutorRuntime) -
     publish(executor.client, BTCUSDT="52000")  # E: 208 / 3,265, below the re-arm level
     assert run_resolution(executor, action("E", RESOLVED)) == "sent"
     publish(executor.client, BTCUSDT="48000")
-    assert run_liquidation(executor, action("E", LIQUIDATE)) == "liquidated"
-    assert run_liquidation(executor, action("H", LIQUIDATE)) == "skipped"
-    assert run_liquidation(executor, action("nobody", LIQUIDATE)) == "skipped"
+    assert run_liquidations(executor, [action("E", LIQUIDATE)])[0] == "liquidated"
+    assert run_liquidations(executor, [action("H", LIQUIDATE)])[0] == "skipped"
+    assert run_liquidations(executor, [action("nobody", LIQUIDATE)])[0] == "skipped"
     assert sample(registry, "marginwatch_liquidations_total", margin_mode="cross") == 1
     # E closes 1 BTC at 48,000; 1,265 − 2,000 leaves 735 for the fund to cover, no fee.
     notional = sample(registry, "marginwatch_liquidated_notional_usdt_total", symbol="BTCUSDT")
@@ -505,7 +506,7 @@ def test_action_tasks_retry_redis_errors_and_their_signals_are_counted(
     no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
     executor.client = redis.Redis(port=free_port(), retry=no_retry)
     with pytest.raises(redis.ConnectionError):
-        run_liquidation(executor, action("E", LIQUIDATE))
+        run_liquidations(executor, [action("E", LIQUIDATE)])[0]
     assert sample(registry, "marginwatch_redis_errors_total", component="executor") == 1
 
 

@@ -18,7 +18,7 @@ from marginwatch.base.ticks import Tick
 from marginwatch.cli.embedded_redis import RedisServer, start_redis_server
 from marginwatch.engine.brackets import default_tables
 from marginwatch.engine.types import Account, MarginMode, Position
-from marginwatch.executor.tasks import ExecutorRuntime, run_liquidation
+from marginwatch.executor.tasks import ExecutorRuntime, run_liquidations
 from marginwatch.producer.publisher import Publisher
 from marginwatch.runtime.celery_app import make_celery
 from marginwatch.state.accounts import store_accounts
@@ -86,10 +86,10 @@ def test_a_liquidation_is_not_acknowledged_before_a_replica_holds_it(
     wait_for(lambda: redis.Redis(port=replica.port).exists(keys.account(0, "E")) == 1, "replicated")
     os.kill(replica.process.pid, signal.SIGSTOP)
     with pytest.raises(ReplicationTimeoutError):
-        run_liquidation(runtime, LIQUIDATION)
+        run_liquidations(runtime, [LIQUIDATION])[0]
     assert runtime.client.xlen(keys.liquidations(0)) == 1  # written on the primary
     os.kill(replica.process.pid, signal.SIGCONT)
-    assert run_liquidation(runtime, LIQUIDATION) == "duplicate"
+    assert run_liquidations(runtime, [LIQUIDATION])[0] == "duplicate"
     assert redis.Redis(port=replica.port).xlen(keys.liquidations(0)) == 1
 
 
@@ -101,4 +101,4 @@ def test_without_the_setting_nothing_waits(
     runtime = executor(primary, replicas=0)
     bankrupt(runtime.client)
     os.kill(replica.process.pid, signal.SIGSTOP)
-    assert run_liquidation(runtime, LIQUIDATION) == "liquidated"
+    assert run_liquidations(runtime, [LIQUIDATION])[0] == "liquidated"

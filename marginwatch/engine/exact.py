@@ -6,7 +6,7 @@ confirms it against the current account and marks.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -100,6 +100,19 @@ def _pool_report(wallet: Decimal, members: list[_Figures], thresholds: Threshold
     ratio = f.margin_ratio(maintenance, balance)
     status = thresholds.status_of(ratio) if members else Status.OK
     return PoolReport(wallet, upnl, balance, maintenance, ratio, status)
+
+
+def evaluate_pool(
+    wallet: Decimal,
+    positions: Sequence[Position],
+    mark_prices: Mapping[str, Decimal],
+    tables: Mapping[str, BracketTable],
+    thresholds: Thresholds,
+) -> PoolReport:
+    """One pool's figures (``MR = Σ MM / (wallet + Σ UPNL)`` and its status) from its wallet
+    and positions, without liquidation prices: what a decision on the pool needs."""
+    members = [_figures(p, mark_prices[p.symbol], tables[p.symbol]) for p in positions]
+    return _pool_report(wallet, members, thresholds)
 
 
 def evaluate_account(

@@ -94,18 +94,22 @@ def run_resolution(runtime: ExecutorRuntime, action: Action) -> str:
     return outcome
 
 
-def run_liquidation(runtime: ExecutorRuntime, action: Action) -> str:
-    """Liquidate the pool if the exact path still says so."""
+def run_liquidations(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]:
+    """Liquidate, as one batch, each pool the exact path still says so."""
+    settings = runtime.settings
     with counting_redis_errors(runtime.metrics.redis_errors):
-        outcome = liquidation.liquidate(runtime.client, runtime.tables, runtime.settings, action,
-                                        runtime.bad)  # fmt: skip
-        if outcome.result != "skipped":  # liquidated now, or before (a redelivery)
-            settings = runtime.settings
-            wait_for_replicas(runtime.client, keys.partition_replicated(action.partition),
+        outcomes = liquidation.liquidate_batch(runtime.client, runtime.tables, settings, batch,
+                                               runtime.bad)  # fmt: skip
+        written = {
+            a.partition for a, o in zip(batch, outcomes, strict=True) if o.result != "skipped"
+        }
+        for partition in sorted(written):  # liquidated now, or before (a redelivery)
+            wait_for_replicas(runtime.client, keys.partition_replicated(partition),
                               settings.wait_replicas, settings.wait_timeout_ms)  # fmt: skip
     crash.at("executor:after-liquidation")
-    instrumentation.observe_liquidation(runtime.metrics, action, outcome)
-    return outcome.result
+    for action, outcome in zip(batch, outcomes, strict=True):
+        instrumentation.observe_liquidation(runtime.metrics, action, outcome)
+    return [outcome.result for outcome in outcomes]
 
 
 def register_tasks(app: Celery, runtime: ExecutorRuntime) -> None:
@@ -123,6 +127,7 @@ def register_tasks(app: Celery, runtime: ExecutorRuntime) -> None:
         return "bad_message" if action is None else run_resolution(runtime, action)
 
     @app.task(name=TASK_LIQUIDATE, **RETRY_ON_REDIS_ERRORS)
-    def liquidate(message: Any) -> str:
-        action = parse_action(runtime, message)
-        return "bad_message" if action is None else run_liquidation(runtime, action)
+    def liquidate(messages: Any) -> list[str]:
+        """A batch of liquidations (a lone message, as an older worker sends it, is one)."""
+        batch = messages if isinstance(messages, list) else [messages]
+        return run_liquidations(runtime, parse_actions(runtime, batch))

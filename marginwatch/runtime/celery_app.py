@@ -24,6 +24,7 @@ TASK_EVALUATE_PARTITION = "marginwatch.evaluate_partition"
 TASK_MARGIN_CALLS = "marginwatch.margin_calls"
 TASK_MARGIN_CALL_RESOLVED = "marginwatch.margin_call_resolved"
 TASK_LIQUIDATE = "marginwatch.liquidate"
+LIQUIDATION_BATCH = 1_000  # liquidations per message (one guarded write per account each)
 
 # Every partition has its own queues: its evaluations, its margin calls and their resolutions
 # (cheap, latency-bound: an executor drains them before it takes a liquidation, see
@@ -203,15 +204,20 @@ def transport_options(settings: Settings) -> dict[str, int]:
 
 def send_actions(app: Celery, partition: int, actions: Sequence[Action]) -> None:
     """Send one evaluation's actions (all of ``partition``) to the partition's queues: every
-    margin call in one message first, then each resolution and liquidation (the executor drains
-    margin calls first, so a pool's margin call still precedes its liquidation)."""
+    margin call in one message first, then each resolution, then the liquidations in messages
+    of up to ``LIQUIDATION_BATCH`` (the executor drains margin calls first, so a pool's margin
+    call still precedes its liquidation)."""
     calls = [a.to_message() for a in actions if a.kind is ActionKind.MARGIN_CALL]
     if calls:
         app.send_task(TASK_MARGIN_CALLS, args=[calls], queue=margin_calls_queue(partition))
     for action in actions:
-        if action.kind is not ActionKind.MARGIN_CALL:
-            app.send_task(TASK_OF_KIND[action.kind], args=[action.to_message()],
+        if action.kind is ActionKind.MARGIN_CALL_RESOLVED:
+            app.send_task(TASK_MARGIN_CALL_RESOLVED, args=[action.to_message()],
                           queue=queue_of(action.kind, partition))  # fmt: skip
+    liquidations = [a.to_message() for a in actions if a.kind is ActionKind.LIQUIDATION]
+    for start in range(0, len(liquidations), LIQUIDATION_BATCH):
+        app.send_task(TASK_LIQUIDATE, args=[liquidations[start : start + LIQUIDATION_BATCH]],
+                      queue=queue_of(ActionKind.LIQUIDATION, partition))  # fmt: skip
 
 
 def send_evaluation(app: Celery, partition: int) -> None:

@@ -165,6 +165,23 @@ def write_account(pipe: Pipeline, account: Account, partitions: int) -> None:
                  CHANGES_MAXLEN)  # fmt: skip
 
 
+def record_account_write(
+    commands: Pipeline,
+    account: Account,
+    version: int,
+    partitions: int,
+) -> None:
+    """The commands of ``write_account`` for a caller that knows the new ``version`` (it
+    guards the one before): state and version, membership, the change-stream entry."""
+    partition = partition_of(account.account_id, partitions)
+    key = keys.account(partition, account.account_id)
+    commands.hset(key, mapping={"version": version, "state": account_to_json(account)})
+    commands.sadd(keys.partition_members(partition), account.account_id)
+    commands.xadd(keys.partition_changes(partition),
+                  {"account": account.account_id, "version": version},
+                  maxlen=CHANGES_MAXLEN, approximate=True)  # fmt: skip
+
+
 Mutation = Callable[[StoredAccount | None, Pipeline], T]
 WatchingMutation = Callable[[StoredAccount | None, Pipeline, dict[str, bytes | None]], T]
 
