@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from decimal import Decimal
 
 import numpy as np
@@ -122,3 +123,48 @@ def test_the_screen_is_within_its_stated_error_bound(case):
                 error = Decimal(float(result.maintenance_margin[pool]) - float(t) * float_mb)
                 error -= mm - t * mb
                 assert abs(error) <= Decimal(batch.rounding_bound(rows)) * gross, (a, pool, t)
+
+
+@settings(COMMON, max_examples=200)
+@given(books(), st.data())
+def test_closed_rows_kept_in_place_change_nothing(case, data):
+    """Positions closed in place (quantity 0) give every pool the ratio, status and
+    liquidation prices of a book laid out without them; a pool of closed rows only is empty."""
+    market, accounts, _later = case
+    closed = [
+        data.draw(st.lists(st.booleans(), min_size=len(a.positions), max_size=len(a.positions)))
+        for a in accounts
+    ]
+    arrays = batch.BracketArrays.from_tables(TABLES, list(market))
+    marks = arrays.marks_array(market)
+    book, index = batch.build_book(accounts, arrays)
+    for a, flags in enumerate(closed):
+        book.quantity[[index.rows[a][k] for k, shut in enumerate(flags) if shut]] = 0.0
+    kept = [
+        replace(
+            account,
+            positions=tuple(
+                p for p, shut in zip(account.positions, flags, strict=True) if not shut
+            ),
+        )
+        for account, flags in zip(accounts, closed, strict=True)
+    ]
+    slim, slim_index = batch.build_book(kept, arrays)
+    in_place = batch.evaluate(book, arrays, marks, THRESHOLDS)
+    laid_out = batch.evaluate(slim, arrays, marks, THRESHOLDS)
+    for a, account in enumerate(accounts):
+        cross, slim_cross = int(index.cross_pool[a]), int(slim_index.cross_pool[a])
+        assert in_place.status[cross] == laid_out.status[slim_cross]
+        np.testing.assert_allclose(in_place.margin_ratio[cross], laid_out.margin_ratio[slim_cross])
+        open_rows = [k for k, shut in enumerate(closed[a]) if not shut]
+        for slim_k, k in enumerate(open_rows):
+            np.testing.assert_allclose(
+                in_place.liquidation_price[index.rows[a][k]],
+                laid_out.liquidation_price[slim_index.rows[a][slim_k]],
+                rtol=1e-9,
+            )
+        for k, shut in enumerate(closed[a]):
+            if shut and account.positions[k].is_isolated:
+                pool = int(batch.row_pool(book)[index.rows[a][k]])
+                assert in_place.status[pool] == 0
+                assert np.isnan(in_place.liquidation_price[index.rows[a][k]])

@@ -6,6 +6,7 @@ import itertools
 from dataclasses import replace
 from decimal import Decimal
 
+import numpy as np
 import pytest
 import redis
 
@@ -340,3 +341,33 @@ def test_uncertain_pools_are_decided_exactly_on_the_account_in_redis(
     assert [(a.account_id, a.kind) for a in actions] == [
         ("E", MARGIN_CALL), ("U", MARGIN_CALL), ("U", LIQUIDATION)
     ]  # fmt: skip
+
+
+def test_a_change_that_keeps_the_shape_is_written_in_place(redis_client: redis.Redis) -> None:
+    """A deposit, then the liquidation closing the position: the same layout, the pool empty
+    and never acted on again; a position on a new symbol lays the book out again, without
+    the closed row. (Nine safe accounts keep the closed rows within their 10% share.)"""
+    safe = [Account(f"safe{n}", D(10**6), ACCOUNT.positions) for n in range(9)]
+    store_accounts(redis_client, [ACCOUNT, *safe], partitions=1)
+    book = loaded(redis_client)
+    laid_out = book.book
+    store_accounts(redis_client, [Account("E", D(1300), ACCOUNT.positions)], partitions=1)
+    assert at_price(redis_client, book, "48900") == [MARGIN_CALL]  # 195.6 / 200 = 0.978
+    assert book.book is laid_out
+    actions = evaluate_at(redis_client, book, "48800")  # MB 100 < MM 195.2
+    assert [a.kind for a in actions] == [LIQUIDATION]
+    assert execute(redis_client, actions) == ["liquidated"]
+    assert evaluate_at(redis_client, book, "48700") == []
+    assert book.book is laid_out
+    row = book.book.pool_starts[book.cross_pools[book.numbers["E"]]]
+    assert (book.book.quantity[row], book.closed_rows) == (0.0, 1)
+    assert book.result.status.tolist() == [0] * 10
+    eth = Position("ETHUSDT", D(1), D(2500), 10, MarginMode.CROSS)
+    store_accounts(redis_client, [Account("E", D(500), (eth,))], partitions=1)
+    Publisher(redis_client).publish([Tick("ETHUSDT", D(2500), next(EVENT_TIMES))])
+    assert evaluate_at(redis_client, book, "48600") == []
+    assert book.book is not laid_out
+    assert (book.book.positions, book.closed_rows) == (10, 0)
+    assert book.pool_key(
+        int(book.symbol_pools.pools_of(np.array([book.brackets.index["ETHUSDT"]]))[0])
+    ) == ("E", "cross")

@@ -10,6 +10,9 @@ Layout (one row per position, float64 money, no Python objects on the hot path):
 * a *group* (the legs sharing one liquidation price: the cross legs of one symbol, or one
   isolated position) is a contiguous range ``group_starts[g]:group_starts[g + 1]``.
 
+A row of quantity 0 is a position closed in place (``worker.in_place``): it adds nothing, and a
+pool holding only such rows is empty.
+
 Floats screen; the exact path decides where floats could be wrong. A pool whose status could
 flip under float rounding is flagged ``uncertain`` and is confirmed exactly by the caller; any
 other pool's status is the exact status.

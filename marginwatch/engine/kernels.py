@@ -135,7 +135,9 @@ def _evaluate_pool(
     upnl = 0.0
     maintenance = 0.0
     gross = abs(pool_wallet[pool])
+    held = False
     for row in range(pool_starts[pool], pool_starts[pool + 1]):
+        held |= quantity[row] != 0.0
         sym = symbol[row]
         mark = marks[sym]
         size = abs(quantity[row])
@@ -152,7 +154,7 @@ def _evaluate_pool(
     out_maintenance[pool] = maintenance
     balance = pool_wallet[pool] + upnl
     out_ratio[pool] = maintenance / balance if balance > 0.0 else math.nan
-    if pool_starts[pool + 1] == pool_starts[pool]:
+    if not held:  # no rows, or only closed ones (quantity 0): nothing to liquidate
         out_status[pool] = 0
         out_uncertain[pool] = False
     else:
@@ -220,7 +222,15 @@ def liquidation_prices(
                 )
             outside = pool_wallet[pool] + pool_upnl[pool] - pool_maintenance[pool] - own
         mark = marks[symbol[first]]
-        if bybit_isolated and pool_isolated[pool]:
+        live, only = _open_legs(quantity, first, stop)
+        if live == 0:
+            price = math.nan
+        elif live == 1 and stop - first > 1:  # a hedge pair with one leg closed
+            price = _single_leg(
+                symbol[only], quantity[only], entry_price[only], outside, mark, floors, rate,
+                amount, mark_tier[only], price_tier_hint, only,
+            )  # fmt: skip
+        elif bybit_isolated and pool_isolated[pool]:
             price = _bybit_isolated(
                 symbol[first], quantity[first], entry_price[first], outside, floors, rate, amount
             )
@@ -257,6 +267,18 @@ def liquidation_prices(
             )
         for row in range(first, stop):
             out_price[row] = price
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _open_legs(quantity: np.ndarray, first: int, stop: int) -> tuple[int, int]:
+    """How many of the group's rows hold a position (quantity not 0), and the last of them."""
+    live = 0
+    only = first
+    for row in range(first, stop):
+        if quantity[row] != 0.0:
+            live += 1
+            only = row
+    return live, only
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -403,6 +425,8 @@ def _interval_scan(
     """``liquidation.liquidation_price`` for any number of legs: solve each interval."""
     boundaries = [0.0]
     for row in range(first, stop):
+        if quantity[row] == 0.0:
+            continue
         for tier in range(1, floors.shape[1]):
             if math.isfinite(floors[symbol[row], tier]):
                 boundaries.append(floors[symbol[row], tier] / abs(quantity[row]))
@@ -417,6 +441,8 @@ def _interval_scan(
         numerator = outside
         denominator = 0.0
         for row in range(first, stop):
+            if quantity[row] == 0.0:
+                continue
             sym = symbol[row]
             tier = _tier_by_boundaries(floors, sym, abs(quantity[row]), low)
             numerator += amount[sym, tier] - quantity[row] * entry_price[row]

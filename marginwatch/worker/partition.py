@@ -46,6 +46,12 @@ from marginwatch.state.accounts import (
 from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.episodes import open_episodes
 from marginwatch.state.prices import TickCache
+from marginwatch.worker.in_place import (
+    CLOSED_ROWS_RELAYOUT_SHARE,
+    InPlace,
+    apply_in_place,
+    plan_in_place,
+)
 
 log = logging.getLogger("marginwatch.worker")
 
@@ -71,6 +77,9 @@ class PartitionBook:
     book: batch.Book = field(init=False)
     result: batch.BatchResult = field(init=False)
     symbol_pools: SymbolPools = field(init=False)
+    row_side: npt.NDArray[np.int8] = field(init=False)  # per row: its side (``SIDES`` index)
+    cross_pools: npt.NDArray[np.int64] = field(init=False)  # per account number
+    closed_rows: int = field(default=0, init=False)  # rows of closed positions, kept in place
     pool_codes: npt.NDArray[np.int64] = field(init=False)
     confirmed_status: npt.NDArray[np.int8] = field(init=False)
     in_episode: npt.NDArray[np.bool_] = field(init=False)
@@ -89,7 +98,8 @@ class PartitionBook:
         self.versions = np.zeros(0, dtype=np.int64)
         self.evaluated_marks = np.full(len(self.brackets.symbols), np.nan)
         empty = _columns(AccountRows(), [], np.zeros(0))
-        self._lay_out(empty, np.zeros(0, np.int64), np.zeros(0, np.int64))
+        none = np.zeros(0, np.int64)
+        self._lay_out(empty, none, np.zeros(0, np.int8), none)
 
     @property
     def code_stride(self) -> int:
@@ -99,7 +109,7 @@ class PartitionBook:
     def nbytes(self) -> int:
         """Memory held by the book's arrays (ids and their numbers not counted)."""
         arrays = (self.versions, self.pool_codes, self.confirmed_status, self.in_episode,
-                  self.dirty, self.evaluated_marks)  # fmt: skip
+                  self.dirty, self.evaluated_marks, self.row_side, self.cross_pools)  # fmt: skip
         result = sum(int(value.nbytes) for value in vars(self.result).values())
         return self.book.nbytes + result + self.symbol_pools.nbytes + sum(a.nbytes for a in arrays)
 
@@ -184,14 +194,41 @@ class PartitionBook:
         return changes_trimmed_after(client, self.partition, self.last_change_id)
 
     def replace(self, chunks: list[AccountRows]) -> None:
-        """Put these accounts' current state in place of what the book held for them."""
+        """Put these accounts' current state in place of what the book held for them: into
+        their rows when they fit (``in_place``), else by laying the book out again."""
         numbered = [self._number(chunk) for chunk in chunks]
-        changed = np.concatenate([np.zeros(0, np.int64), *numbered])
         self._grow_versions()
         for chunk, numbers in zip(chunks, numbered, strict=True):
             self.versions[numbers] = chunk.versions
-        current, current_codes = self._current_columns()
-        keep = ~np.isin(current.account, changed)
+        plans = [plan_in_place(self.book, self.row_side, self.cross_pools, chunk, numbers)
+                 for chunk, numbers in zip(chunks, numbered, strict=True)]  # fmt: skip
+        ready = [plan for plan in plans if plan is not None]
+        if len(ready) == len(plans) and self._few_closed_rows(ready):
+            for plan in ready:
+                self._write_in_place(plan)
+        else:
+            self._relay_out(chunks, numbered)
+
+    def _few_closed_rows(self, plans: list[InPlace]) -> bool:
+        closed = self.closed_rows + sum(len(plan.closed_rows) for plan in plans)
+        return closed <= CLOSED_ROWS_RELAYOUT_SHARE * max(self.book.positions, 1)
+
+    def _write_in_place(self, plan: InPlace) -> None:
+        """Write a plan's figures; its accounts' pools are decided again (a pool left empty
+        is out of its episode: the change's writer ended it, ``state.episodes``)."""
+        apply_in_place(self.book, plan)
+        self.closed_rows += len(plan.closed_rows)
+        starts, quantity = self.book.pool_starts, self.book.quantity
+        for pools in plan.pools:
+            self.reconsider(np.arange(pools.start, pools.stop))
+            for pool in pools:
+                if not quantity[starts[pool] : starts[pool + 1]].any():
+                    self.in_episode[pool] = False
+
+    def _relay_out(self, chunks: list[AccountRows], numbered: list[npt.NDArray[np.int64]]) -> None:
+        changed = np.concatenate([np.zeros(0, np.int64), *numbered])
+        current, current_codes, current_sides = self._current_columns()
+        keep = ~np.isin(current.account, changed) & (current.quantity != 0.0)
         wallets = np.zeros(len(self.ids))
         wallets[: current.cross_wallet.shape[0]] = current.cross_wallet
         fresh = [
@@ -199,8 +236,10 @@ class PartitionBook:
             for chunk, numbers in zip(chunks, numbered, strict=True)
         ]
         codes = [_row_codes(chunk, self.brackets) for chunk in chunks]
+        sides = [chunk.column(6, np.int8) for chunk in chunks]
         columns = _concatenate(current, keep, fresh, wallets)
-        self._lay_out(columns, np.concatenate([current_codes[keep], *codes]), changed)
+        self._lay_out(columns, np.concatenate([current_codes[keep], *codes]),
+                      np.concatenate([current_sides[keep], *sides]), changed)  # fmt: skip
 
     def _number(self, chunk: AccountRows) -> npt.NDArray[np.int64]:
         """The account numbers of a chunk's accounts (new ones numbered in order)."""
@@ -215,8 +254,11 @@ class PartitionBook:
         grown[: self.versions.shape[0]] = self.versions
         self.versions = grown
 
-    def _current_columns(self) -> tuple[batch.Columns, npt.NDArray[np.int64]]:
-        """The book's rows as columns (in layout order), with their isolated codes."""
+    def _current_columns(
+        self,
+    ) -> tuple[batch.Columns, npt.NDArray[np.int64], npt.NDArray[np.int8]]:
+        """The book's rows as columns (in layout order), with their isolated codes and
+        sides."""
         book = self.book
         pool = batch.row_pool(book)
         isolated = book.pool_isolated[pool]
@@ -229,11 +271,11 @@ class PartitionBook:
             isolated_wallet=np.where(isolated, book.pool_wallet[pool], 0.0),
             cross_wallet=book.pool_wallet[~book.pool_isolated],
         )
-        return columns, self.pool_codes[pool] % self.code_stride
+        return columns, self.pool_codes[pool] % self.code_stride, self.row_side
 
     def _lay_out(
         self, columns: batch.Columns, row_code: npt.NDArray[np.int64],
-        changed: npt.NDArray[np.int64],
+        row_side: npt.NDArray[np.int8], changed: npt.NDArray[np.int64],
     ) -> None:  # fmt: skip
         """Lay the columns out as a book; carry per-pool memory over by pool identity; every
         pool is evaluated at the next evaluation."""
@@ -241,6 +283,9 @@ class PartitionBook:
         old_status = getattr(self, "confirmed_status", np.zeros(0, np.int8))
         old_episode = getattr(self, "in_episode", np.zeros(0, np.bool_))
         self.book, order = batch.book_from_columns(columns)
+        self.row_side = row_side[order]
+        self.cross_pools = np.flatnonzero(~self.book.pool_isolated)
+        self.closed_rows = 0
         self.result = batch.BatchResult.allocate(self.book)
         self.symbol_pools = SymbolPools.of(self.book, len(self.brackets.symbols))
         self.pool_codes = self.book.pool_account.astype(np.int64) * self.code_stride
@@ -257,6 +302,7 @@ class PartitionBook:
         if changed.size:
             touched = np.isin(self.book.pool_account, changed)
             self.confirmed_status[touched] = UNKNOWN_STATUS
+        self.in_episode &= np.diff(self.book.pool_starts) > 0  # an empty pool's episode ended
 
     def pools_to_evaluate(self, marks: batch.FloatArray) -> npt.NDArray[np.int64] | None:
         """The pools the next evaluation at ``marks`` must evaluate (``None``: every pool)."""
