@@ -18,7 +18,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -38,11 +37,17 @@ class SnapshotError(ValueError):
     """Invalid snapshot; ``str()`` is one line naming the field."""
 
 
+# What a number may arrive as, checked first by type alone (a bool is none of them).
+_NUMBER_TYPES = frozenset({str, int, float, Decimal})
+
+
 def _to_decimal(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+    if type(value) not in _NUMBER_TYPES and (
+        isinstance(value, bool) or not isinstance(value, int | float | str | Decimal)
+    ):
         raise ValueError("must be a number or a decimal string")
     try:
-        number = Decimal(str(value).strip())
+        number = Decimal(value.strip() if type(value) is str else str(value))
     except InvalidOperation:
         raise ValueError(f"not a decimal number: {value!r}") from None
     if not number.is_finite():
@@ -50,21 +55,32 @@ def _to_decimal(value: Any) -> Decimal:
     return number
 
 
-def _positive(value: Decimal) -> Decimal:
-    if value <= 0:
+def _to_positive(value: Any) -> Decimal:
+    number = _to_decimal(value)
+    if number <= 0:
         raise ValueError("must be positive")
-    return value
+    return number
 
 
-def _non_negative(value: Decimal) -> Decimal:
-    if value < 0:
+def _to_non_negative(value: Any) -> Decimal:
+    number = _to_decimal(value)
+    if number < 0:
         raise ValueError("must not be negative")
-    return value
+    return number
 
 
+def _to_nonzero_quantity(value: Any) -> Decimal:
+    number = _to_decimal(value)
+    if number == 0:
+        raise ValueError("must not be zero (a closed position is left out)")
+    return number
+
+
+# One validator each (one call per field): numbers read exactly, then their sign checked.
 DecimalNumber = Annotated[Decimal, BeforeValidator(_to_decimal)]
-PositiveNumber = Annotated[Decimal, BeforeValidator(_positive), BeforeValidator(_to_decimal)]
-NonNegativeNumber = Annotated[Decimal, BeforeValidator(_non_negative), BeforeValidator(_to_decimal)]
+PositiveNumber = Annotated[Decimal, BeforeValidator(_to_positive)]
+NonNegativeNumber = Annotated[Decimal, BeforeValidator(_to_non_negative)]
+NonZeroQuantity = Annotated[Decimal, BeforeValidator(_to_nonzero_quantity)]
 Symbol = Annotated[str, Field(min_length=1, max_length=40, pattern=r"^[A-Z0-9]+$")]
 
 
@@ -96,18 +112,11 @@ class PositionModel(_Strict):
 
     symbol: Symbol
     position_side: PositionSide = PositionSide.BOTH
-    quantity: DecimalNumber
+    quantity: NonZeroQuantity
     entry_price: PositiveNumber
     leverage: int = Field(ge=1)
     margin_mode: MarginMode
     isolated_wallet: NonNegativeNumber | None = None
-
-    @field_validator("quantity")
-    @classmethod
-    def _nonzero(cls, quantity: Decimal) -> Decimal:
-        if quantity == 0:
-            raise ValueError("must not be zero (a closed position is left out)")
-        return quantity
 
     @model_validator(mode="after")
     def _consistent(self) -> PositionModel:
@@ -204,8 +213,9 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return text
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """One line: ``field.path: message`` for the first error, and how many more there are."""
+def describe_validation_error(error: ValidationError, document: str = "snapshot") -> str:
+    """One line: ``field.path: message`` for the first error, and how many more there are
+    (``document: message`` when the fault is the whole document)."""
     errors = error.errors()
     first = errors[0]
     where = field_path(tuple(first["loc"]))
@@ -215,7 +225,7 @@ def describe_validation_error(error: ValidationError) -> str:
         where = f"{where}.{cause.field}" if where else cause.field
         message = cause.reason
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{where or 'snapshot'}: {message}{more}"
+    return f"{where or document}: {message}{more}"
 
 
 class Snapshot:
