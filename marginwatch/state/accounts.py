@@ -5,11 +5,14 @@ Each account is a hash ``keys.account(partition, id)`` (its partition by
 and ``state`` (the account as the snapshot contract's JSON). A change writes the account, adds
 it to its partition's members and appends ``{account, version}`` to the partition's change
 stream in one transaction, guarded by ``WATCH`` on the account: concurrent writers retry, so no
-change is lost or applied on a stale version.
+change is lost or applied on a stale version. A load (``store_states``) replaces many accounts
+of one partition in one script call, each exactly as a single write would (its version bumped
+in the script, a change-stream entry of its own), so a writer watching one of them retries.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,6 +21,7 @@ import redis
 from redis.client import Pipeline
 
 from marginwatch.base import keys
+from marginwatch.base.account_lines import CHUNK_LINES, chunked
 from marginwatch.base.partitions import partition_of
 from marginwatch.base.settings import ConfigurationError
 from marginwatch.base.snapshot import AccountModel
@@ -28,8 +32,13 @@ from marginwatch.state.streams import id_order
 
 CHANGES_MAXLEN = 1_000_000
 READ_CHUNK = 2_000
+# Accounts ``store_accounts`` stores together (one pipeline), and at most per script call.
+STORE_CHUNK = CHUNK_LINES
+STORE_SCRIPT_ACCOUNTS = 250
 
 T = TypeVar("T")
+# An account id and its state JSON, as stored.
+State = tuple[str, str | bytes]
 
 
 class PartitionCountMismatchError(ConfigurationError):
@@ -228,20 +237,60 @@ def update_account_watching(
 
 
 def store_accounts(
-    client: redis.Redis, accounts: Iterable[Account], partitions: int, chunk: int = 500
+    client: redis.Redis, accounts: Iterable[Account], partitions: int, chunk: int = STORE_CHUNK
 ) -> int:
-    """Replace each account's state (``accounts load``): one atomic script per account,
-    pipelined ``chunk`` at a time."""
+    """Replace each account's state (``accounts load`` of a snapshot), ``chunk`` accounts at a
+    time (``store_states``); returns how many."""
     ensure_partition_count(client, partitions)
     count = 0
-    pipe = client.pipeline(transaction=False)
-    for account in accounts:
-        write_account(pipe, account, partitions)
-        count += 1
-        if count % chunk == 0:
-            pipe.execute()
-    pipe.execute()
+    for batch in chunked(accounts, chunk):
+        store_states(client, [(a.account_id, account_to_json(a)) for a in batch], partitions)
+        count += len(batch)
     return count
+
+
+# Replaces the state of several accounts of one partition, each as _WRITE_ACCOUNT does (in
+# order, an id met twice written twice), with one SADD for all of them:
+# KEYS = partition members, partition changes, then the accounts' hashes; ARGV = change-stream
+# max length, then each account's id and state JSON. Returns how many.
+_STORE_ACCOUNTS = """
+local count = #KEYS - 2
+local ids = {}
+for i = 1, count do
+  local id = ARGV[2 * i]
+  local version = redis.call('HINCRBY', KEYS[i + 2], 'version', 1)
+  redis.call('HSET', KEYS[i + 2], 'state', ARGV[2 * i + 1])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'account', id, 'version', version)
+  ids[i] = id
+end
+redis.call('SADD', KEYS[1], unpack(ids))
+return count
+"""
+
+
+def store_states(client: redis.Redis, states: Sequence[State], partitions: int) -> None:
+    """Store ``(account id, state JSON)`` pairs (valid states, in the snapshot contract's JSON):
+    grouped by partition, ``STORE_SCRIPT_ACCOUNTS`` per script call (one hash slot each), all
+    calls in one pipeline. An id met twice is stored twice, in order: the later state wins."""
+    pipe = client.pipeline(transaction=False)
+    for partition, batch in partition_batches(states, partitions):
+        script_keys = [keys.partition_members(partition), keys.partition_changes(partition)]
+        script_keys += [keys.account(partition, account_id) for account_id, _state in batch]
+        arguments = [value for pair in batch for value in pair]
+        queue_script(pipe, _STORE_ACCOUNTS, script_keys, CHANGES_MAXLEN, *arguments)
+    pipe.execute()
+
+
+def partition_batches(
+    states: Iterable[State], partitions: int
+) -> Iterator[tuple[int, list[State]]]:
+    """``states`` by partition, in order, cut into script calls' worth."""
+    grouped: defaultdict[int, list[State]] = defaultdict(list)
+    for state in states:
+        grouped[partition_of(state[0], partitions)].append(state)
+    for partition, group in grouped.items():
+        for start in range(0, len(group), STORE_SCRIPT_ACCOUNTS):
+            yield partition, group[start : start + STORE_SCRIPT_ACCOUNTS]
 
 
 def changes_trimmed_after(client: redis.Redis, partition: int, after: str) -> bool:
