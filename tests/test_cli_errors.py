@@ -15,10 +15,12 @@ from marginwatch.cli.embedded_redis import RedisServer, free_port
 
 SCRIPT = Path(sys.executable).parent / "marginwatch"
 EXAMPLE = Path(__file__).parent.parent / "examples" / "snapshot.json"
+EXAMPLE_LINES = EXAMPLE.parent / "accounts.jsonl"
 PASSWORD = "hunter2-not-shown"
 # Every command that reads the settings, with arguments that would otherwise run it briefly.
 SETTINGS_COMMANDS = {
     "accounts load": ["accounts", "load", str(EXAMPLE)],
+    "accounts load jsonl": ["accounts", "load", str(EXAMPLE_LINES)],
     "worker": ["worker", "--partitions", "0"],
     "executor": ["executor"],
     "producer": ["producer", "--duration", "1"],
@@ -30,7 +32,7 @@ SETTINGS_COMMANDS = {
 # Every command that talks to Redis.
 REDIS_COMMANDS = sorted(set(SETTINGS_COMMANDS) - {"config"})
 # The commands that read the brackets file (the worker and the executor after reaching Redis).
-BRACKETS_COMMANDS = ("accounts load", "worker", "executor", "producer")
+BRACKETS_COMMANDS = ("accounts load", "accounts load jsonl", "worker", "executor", "producer")
 
 
 def marginwatch(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -112,9 +114,13 @@ def test_a_brackets_file_that_is_not_json_is_one_line(tmp_path: Path) -> None:
     [
         (["evaluate", "{missing}"], "{missing}: cannot read (No such file or directory)"),
         (["accounts", "load", "{missing}"], "{missing}: cannot read (No such file or directory)"),
+        (
+            ["accounts", "load", "--format", "jsonl", "{missing}"],
+            "{missing}: cannot read (No such file or directory)",
+        ),
         (["producer", "--source", "replay", "--file", "{missing}"], "--file: {missing}: "),
     ],
-    ids=["evaluate", "accounts load", "producer replay"],
+    ids=["evaluate", "accounts load", "accounts load jsonl", "producer replay"],
 )
 def test_a_missing_file_argument_is_one_line_naming_the_path(
     args: list[str], named: str, tmp_path: Path

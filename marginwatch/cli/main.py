@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any, TextIO
 
+from marginwatch.base.account_lines import LOAD_FORMATS
 from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.report import ReportModel, render_report
 from marginwatch.base.settings import LOG_LEVELS, Settings, read_settings
@@ -57,8 +58,13 @@ def _parser() -> argparse.ArgumentParser:
     schema.add_argument("document", choices=["snapshot", "report"])
     accounts = commands.add_parser("accounts", help="manage the accounts held in Redis")
     accounts_commands = accounts.add_subparsers(dest="accounts_command", required=True)
-    load = accounts_commands.add_parser("load", help="store a snapshot's accounts in Redis")
-    load.add_argument("snapshot", help="snapshot JSON file, or - for stdin")
+    load = accounts_commands.add_parser(
+        "load", help="store a snapshot's accounts, or accounts as JSON Lines, in Redis"
+    )
+    load.add_argument("snapshot", help="snapshot JSON or JSON Lines file, or - for stdin")
+    load.add_argument(
+        "--format", choices=LOAD_FORMATS, help="default: jsonl for *.jsonl or *.ndjson, else json"
+    )
     worker = commands.add_parser("worker", help="run a partition worker")
     worker.add_argument("--partitions", required=True, help='e.g. "0-7" or "0,2,4"')
     worker.add_argument("--loglevel", **LOGLEVEL_OPTION)
@@ -149,7 +155,7 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
         return print_config(settings, sys.stdout, as_json=args.json)
     from marginwatch.cli.services import run  # noqa: PLC0415 (Redis and Celery only when needed)
 
-    return run(args, settings, sys.stdin, sys.stdout)
+    return run(args, settings, sys.stdin, sys.stdout, sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,18 +10,22 @@ from typing import TextIO
 from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.partitions import parse_partitions
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
-from marginwatch.base.snapshot import parse_snapshot
 from marginwatch.cli.logs import configure_logging
-from marginwatch.state.accounts import ensure_partition_count, store_accounts
+from marginwatch.state.accounts import ensure_partition_count
 from marginwatch.state.connection import open_redis
 
 
-def run(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
+def run(
+    args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: TextIO, stderr: TextIO
+) -> int:
     """Run one command with ``settings``. Each daemon's package is imported only by its own
     command (hence the local imports)."""
     command = args.command
     if command == "accounts":
-        return load_accounts(settings, args.snapshot, stdin, stdout)
+        from marginwatch.cli.accounts_load import LoadRequest, load_accounts  # noqa: PLC0415 (only this command)
+
+        request = LoadRequest(args.snapshot, args.format, stdin, stdout, stderr)
+        return load_accounts(settings, request)
     if command == "worker":
         from marginwatch.worker.daemon import run_worker  # noqa: PLC0415 (only this command)
 
@@ -54,16 +58,6 @@ def run(args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: Tex
     return EXIT_OK
 
 
-def load_accounts(settings: Settings, path: str, stdin: TextIO, stdout: TextIO) -> int:
-    """``marginwatch accounts load``: validate, then store atomically per account."""
-    text = stdin.read() if path == "-" else _read(path)
-    snapshot = parse_snapshot(text, bracket_tables(settings))
-    client = open_redis(redis_url(settings))
-    count = store_accounts(client, snapshot.accounts, settings.partitions)
-    stdout.write(f"stored {count} accounts in {settings.partitions} partitions\n")
-    return EXIT_OK
-
-
 def migrate_keys(settings: Settings, stdout: TextIO) -> int:
     """``marginwatch migrate``: the legacy layout's keys into the partition-scoped one."""
     from marginwatch.state.migrate import MigrationRefusedError, migrate  # noqa: PLC0415 (only this command)
@@ -76,11 +70,3 @@ def migrate_keys(settings: Settings, stdout: TextIO) -> int:
         raise ConfigurationError(str(error)) from None
     stdout.write("".join(f"{line}\n" for line in report.lines()))
     return EXIT_OK
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError as error:
-        raise ConfigurationError(f"{path}: cannot read ({error.strerror})") from None
