@@ -15,7 +15,7 @@ its version bumped, a change-stream entry of its own.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
 from marginwatch.base.snapshot import parse_snapshot
 from marginwatch.cli.errors import InputError
+from marginwatch.engine.brackets import BracketTable
 from marginwatch.state.accounts import ensure_partition_count, store_accounts, store_states
 from marginwatch.state.connection import open_redis
 
@@ -65,18 +66,29 @@ def load_accounts(settings: Settings, request: LoadRequest) -> int:
     """Validate and store the accounts of ``request.path`` in its format."""
     tables = bracket_tables(settings)
     if input_format(request.path, request.format) == SNAPSHOT_FORMAT:
-        snapshot = parse_snapshot(_read_text(request), tables)
-        client = open_redis(redis_url(settings))
-        count = store_accounts(client, snapshot.accounts, settings.partitions)
-        request.stdout.write(f"stored {count} accounts in {settings.partitions} partitions\n")
-        return EXIT_OK
-    with _lines(request) as lines, ProcessPoolExecutor(LOAD_WORKERS) as pool:
-        client = open_redis(redis_url(settings))  # after the pool: no child holds its socket
-        store = LinesStore(client, pool, frozenset(tables), settings.partitions)
-        tally = store.store(lines, LoadTally(request.stderr))
+        tally = load_snapshot(settings, request, tables)
+    else:
+        tally = load_lines(settings, request, frozenset(tables))
     request.stdout.write(f"stored {tally.stored} accounts in {settings.partitions} partitions\n")
     tally.check()
     return EXIT_OK
+
+
+def load_snapshot(
+    settings: Settings, request: LoadRequest, tables: Mapping[str, BracketTable]
+) -> LoadTally:
+    """A snapshot, validated whole, then stored."""
+    snapshot = parse_snapshot(_read_text(request), tables)
+    client = open_redis(redis_url(settings))
+    stored = store_accounts(client, snapshot.accounts, settings.partitions)
+    return LoadTally(request.stderr, stored=stored)
+
+
+def load_lines(settings: Settings, request: LoadRequest, symbols: Collection[str]) -> LoadTally:
+    """The JSON Lines of ``request``, validated by a pool and stored."""
+    with _lines(request) as lines, ProcessPoolExecutor(LOAD_WORKERS) as pool:
+        store = LinesStore(open_redis(redis_url(settings)), pool, symbols, settings.partitions)
+        return store.store(lines, LoadTally(request.stderr))
 
 
 def input_format(path: str, chosen: str | None) -> str:
