@@ -21,6 +21,7 @@ STATUS_LEVELS = 3  # thresholds[:3] are warning, margin call, liquidation
 # Relative rounding error of the float screen per row summed (see ``batch``'s error bound).
 ROUNDING_PER_ROW = 2.3e-16
 ROUNDING_FIXED_ROWS = 10.0
+BAND_ROWS = 4_000  # the rows ``batch.UNCERTAINTY_BAND`` (1e-12) covers: 2.3e-16 × 4,010 < 1e-12
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -159,7 +160,9 @@ def _evaluate_pool(
         out_uncertain[pool] = False
     else:
         rows = pool_starts[pool + 1] - pool_starts[pool]
-        relative = max(band, ROUNDING_PER_ROW * (rows + ROUNDING_FIXED_ROWS))
+        relative = band
+        if rows > BAND_ROWS:  # past what ``band`` covers: the bound itself
+            relative = ROUNDING_PER_ROW * (rows + ROUNDING_FIXED_ROWS)
         out_status[pool], out_uncertain[pool] = _classify(
             maintenance, balance, relative * gross, thresholds
         )
