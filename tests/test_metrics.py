@@ -258,6 +258,7 @@ def test_evaluation_moves_the_worker_metrics(runtime: WorkerRuntime) -> None:
     assert sample(registry, ratio, partition="0", le="1.0") == 2  # and E
     assert sample(registry, "marginwatch_actions_sent_total", action="margin_call") == 1
     assert sample(registry, "marginwatch_oldest_due_liquidation_age_seconds", partition="0") == 0
+    assert sample(registry, "marginwatch_liquidations_due", partition="0") == 0
 
 
 def test_liquidation_map_from_the_batch_liquidation_prices(runtime: WorkerRuntime) -> None:
@@ -286,6 +287,7 @@ def test_the_oldest_due_liquidation_age_is_exported(runtime: WorkerRuntime) -> N
     age = sample(registry, "marginwatch_oldest_due_liquidation_age_seconds", partition="0")
     assert age is not None
     assert 90 <= age < 100
+    assert sample(registry, "marginwatch_liquidations_due", partition="0") == 1
     # Still due after 10 s with nothing queued (its message was lost): sent again, once.
     queued = runtime.client.lrange(actions_queue(0), 0, -1)
     assert len(queued) == 1
@@ -294,6 +296,27 @@ def test_the_oldest_due_liquidation_age_is_exported(runtime: WorkerRuntime) -> N
     runtime.book_gauges_due.last.clear()  # the next evaluation looks again
     run_evaluation(runtime, 0)  # one is queued now: not again
     assert runtime.client.llen(actions_queue(0)) == 1
+
+
+def test_the_due_liquidations_are_counted(
+    runtimes: tuple[WorkerRuntime, ExecutorRuntime],
+) -> None:
+    """Three pools due (sent just now, none overdue): 3; once the executor skipped one, 2 at
+    the next once-a-second measure."""
+    runtime, executor = runtimes
+    registry = CollectorRegistry()
+    runtime.metrics = WorkerMetrics(registry)
+    now_ms = time.time_ns() // 1_000_000
+    due = {"E|cross": now_ms, "H|cross": now_ms, "gone|cross": now_ms}
+    runtime.client.zadd(keys.due_liquidations(0), due)
+    run_evaluation(runtime, 0)
+    assert sample(registry, "marginwatch_liquidations_due", partition="0") == 3
+    assert run_liquidations(executor, [action("H", LIQUIDATE)]) == ["skipped"]
+    run_evaluation(runtime, 0)  # within the second: not measured again
+    assert sample(registry, "marginwatch_liquidations_due", partition="0") == 3
+    runtime.book_gauges_due.last.clear()
+    run_evaluation(runtime, 0)
+    assert sample(registry, "marginwatch_liquidations_due", partition="0") == 2
 
 
 def test_queue_lengths_are_exported_by_kind_and_partition(runtime: WorkerRuntime) -> None:
@@ -635,6 +658,8 @@ def test_every_daemon_serves_metrics_on_its_port(
         assert scraped(ports["executor"]).get(webhooks) == 0
         liquidations = 'marginwatch_queue_messages{partition="0",queue_kind="liquidations"}'
         wait_for(lambda: scraped(ports["worker"]).get(liquidations) == 0, "the liquidation queue")
+        due = 'marginwatch_liquidations_due{partition="0"}'
+        assert scraped(ports["worker"]).get(due) == 0
     finally:
         for process in processes:
             process.terminate()

@@ -53,6 +53,7 @@ PARTITION_PENDING = "marginwatch_partition_pending_evaluations"
 PARTITION_LAST_SEQUENCE = "marginwatch_partition_last_evaluated_tick_sequence"
 STALE_SYMBOLS = "marginwatch_stale_symbols"
 OLDEST_DUE_LIQUIDATION = "marginwatch_oldest_due_liquidation_age_seconds"
+LIQUIDATIONS_DUE = "marginwatch_liquidations_due"
 QUEUE_MESSAGES = "marginwatch_queue_messages"
 LIQUIDATION_MAP = "marginwatch_liquidation_map_notional_usdt"
 ACTIONS_SENT = "marginwatch_actions_sent_total"
@@ -173,6 +174,12 @@ class WorkerMetrics:
         self.oldest_due_liquidation = Gauge(
             OLDEST_DUE_LIQUIDATION,
             "Age of the partition's oldest liquidation sent and not yet executed (0: none)",
+            ["partition"],
+            registry=registry,
+        )
+        self.liquidations_due = Gauge(
+            LIQUIDATIONS_DUE,
+            "Liquidations of the partition sent and not yet executed nor skipped",
             ["partition"],
             registry=registry,
         )

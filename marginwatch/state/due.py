@@ -3,8 +3,9 @@
 The worker adds each pool it sends a liquidation for to its partition's sorted set
 (``keys.due_liquidations``), scored by when the first was sent (a later one keeps that
 score), in the transaction that records its progress; the executor removes it in the
-transaction that liquidates or skips it. The oldest member's age is exported by the workers;
-the ``MarginwatchLiquidationOverdue`` alert fires when a due liquidation waits too long.
+transaction that liquidates or skips it. Their number and the oldest member's age are exported
+by the workers; the ``MarginwatchLiquidationOverdue`` alert fires when a due liquidation waits
+too long.
 
 A message can be lost between the queue and an executor that dies at that moment (the Redis
 transport pops it before it records it as unacknowledged), so a worker sends a liquidation
@@ -15,6 +16,7 @@ partition's liquidation queue; the executor's idempotency key makes a second cop
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import redis
 from redis.client import Pipeline
@@ -51,9 +53,18 @@ def due_pools(client: redis.Redis, partition: int) -> list[tuple[str, str]]:
     return [split_pool_member(member.decode()) for member in members]
 
 
-def oldest_due_ms(client: redis.Redis, partition: int) -> int | None:
-    """When the partition's oldest due liquidation was first sent (ms), if any."""
-    oldest: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]
-        keys.due_liquidations(partition), 0, 0, withscores=True
-    )
-    return int(oldest[0][1]) if oldest else None
+@dataclass(frozen=True)
+class DueBacklog:
+    """The partition's due liquidations: how many, and when the oldest was first sent (ms)."""
+
+    count: int
+    oldest_ms: int | None
+
+
+def due_backlog(client: redis.Redis, partition: int) -> DueBacklog:
+    """The partition's due liquidations, counted and the oldest found in one round trip."""
+    pipe = client.pipeline(transaction=False)  # one key: one node, on a cluster too
+    pipe.zcard(keys.due_liquidations(partition))
+    pipe.zrange(keys.due_liquidations(partition), 0, 0, withscores=True)
+    count, oldest = pipe.execute()
+    return DueBacklog(int(count), int(oldest[0][1]) if oldest else None)

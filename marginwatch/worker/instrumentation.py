@@ -16,6 +16,7 @@ from marginwatch.engine import batch
 from marginwatch.engine.types import Venue
 from marginwatch.runtime.celery_app import QueueKind
 from marginwatch.runtime.observe import age_seconds
+from marginwatch.state.due import DueBacklog
 from marginwatch.worker.evaluation import EvaluationOutcome
 from marginwatch.worker.partition import PartitionBook
 
@@ -61,10 +62,11 @@ def cross_ratios(book: PartitionBook) -> batch.FloatArray:
     return book.result.margin_ratio[holding]
 
 
-def observe_due(metrics: WorkerMetrics, partition: int, oldest_ms: int | None, now: float) -> None:
-    """Age of the partition's oldest due liquidation (0 when none is due)."""
-    age = 0.0 if oldest_ms is None else age_seconds(now, oldest_ms)
+def observe_due(metrics: WorkerMetrics, partition: int, due: DueBacklog, now: float) -> None:
+    """The partition's due liquidations, and the age of the oldest (0 when none is due)."""
+    age = 0.0 if due.oldest_ms is None else age_seconds(now, due.oldest_ms)
     metrics.oldest_due_liquidation.labels(str(partition)).set(age)
+    metrics.liquidations_due.labels(str(partition)).set(due.count)
 
 
 def observe_queues(metrics: WorkerMetrics, partition: int, queued: Mapping[QueueKind, int]) -> None:

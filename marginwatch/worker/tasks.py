@@ -24,7 +24,7 @@ from marginwatch.runtime.celery_app import (
 from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
 from marginwatch.state.bad_records import BadRecords
-from marginwatch.state.due import oldest_due_ms, overdue
+from marginwatch.state.due import due_backlog, overdue
 from marginwatch.state.identity import RedisIdentity, redis_identity
 from marginwatch.worker import instrumentation
 from marginwatch.worker.evaluation import (
@@ -115,21 +115,21 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
 
 def once_a_second(runtime: WorkerRuntime, book: PartitionBook, outcome: EvaluationOutcome) -> None:
     """What an evaluation of the partition does at most once a second: the book's gauges, the
-    oldest due liquidation and the queues' lengths measured, liquidations lost sent again,
+    due liquidations and the queues' lengths measured, liquidations lost sent again,
     episode flags taken from Redis."""
     metrics, partition = runtime.metrics, book.partition
     instrumentation.observe_book_gauges(
         metrics, book, outcome, runtime.settings.stale_after_seconds
     )
     with counting_redis_errors(metrics.redis_errors):
-        oldest = oldest_due_ms(runtime.client, partition)
+        due = due_backlog(runtime.client, partition)
         queued = queue_lengths(runtime.app, partition)
         if not queued[QueueKind.LIQUIDATIONS]:
             resend_overdue(runtime, book, outcome.started_at)
         reconfirm_settled_liquidations(runtime.client, book)
         if not queued[QueueKind.MARGIN_CALLS]:
             reconcile_episodes(runtime.client, book)  # else margin calls may be queued
-    instrumentation.observe_due(metrics, partition, oldest, outcome.started_at)
+    instrumentation.observe_due(metrics, partition, due, outcome.started_at)
     instrumentation.observe_queues(metrics, partition, queued)
 
 
