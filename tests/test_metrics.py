@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from marginwatch.base import keys
 from marginwatch.base.actions import Action, ActionKind
 from marginwatch.base.metrics import (
+    CAPACITY_WINDOW_TASKS,
     MARGIN_RATIO_LE,
     STATUSES,
     ExecutorMetrics,
@@ -403,6 +404,42 @@ def test_executor_actions_move_the_executor_metrics(executor: ExecutorRuntime) -
         assert sample(registry, latency + "_count", action=name) == 1
     assert sample(registry, latency + "_bucket", action="liquidate", le="1.0") == 0
     assert sample(registry, latency + "_bucket", action="liquidate", le="2.5") == 1
+
+
+CAPACITY = "marginwatch_liquidation_capacity_per_second"
+
+
+def test_liquidation_capacity_is_liquidations_per_second_of_their_cost() -> None:
+    """No sample before the first task; then liquidations over the seconds their tasks took,
+    over the last CAPACITY_WINDOW_TASKS tasks; idle, the last value stays."""
+    registry = CollectorRegistry()
+    capacity = ExecutorMetrics(registry).liquidation_capacity
+    assert sample(registry, CAPACITY) is None
+    capacity.observe(3, 0.01)  # a batch of three
+    capacity.observe(1, 0.03)
+    assert sample(registry, CAPACITY) == pytest.approx(4 / 0.04)
+    for _task in range(CAPACITY_WINDOW_TASKS):  # pushes the first two out of the window
+        capacity.observe(10, 0.5)
+    assert sample(registry, CAPACITY) == pytest.approx(20.0)
+    assert sample(registry, CAPACITY) == pytest.approx(20.0)  # a scrape changes nothing
+
+
+def test_liquidation_tasks_measure_the_executor_capacity(executor: ExecutorRuntime) -> None:
+    """A batch's liquidations, liquidated or skipped, count over the time it took: three took at
+    most the time around them, so the capacity is at least 3 over that time. An empty batch (its
+    messages all bad) measures nothing."""
+    registry = CollectorRegistry()
+    executor.metrics = ExecutorMetrics(registry)
+    assert run_liquidations(executor, []) == []
+    assert sample(registry, CAPACITY) is None
+    publish(executor.client, BTCUSDT="48000")
+    batch = [action(account_id, LIQUIDATE) for account_id in ("E", "H", "nobody")]
+    started = time.perf_counter()
+    assert run_liquidations(executor, batch) == ["liquidated", "skipped", "skipped"]
+    elapsed = time.perf_counter() - started
+    capacity = sample(registry, CAPACITY)
+    assert capacity is not None
+    assert 3 / elapsed <= capacity < math.inf
 
 
 def test_bad_action_messages_are_left_out_and_counted(executor: ExecutorRuntime) -> None:

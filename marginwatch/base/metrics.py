@@ -14,6 +14,7 @@ ratio distribution, the liquidation map) are here too, as pure functions of arra
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
@@ -71,6 +72,7 @@ ACTION_RETRIES = "marginwatch_action_retries_total"
 WEBHOOK_DELIVERIES = "marginwatch_webhook_deliveries_total"
 ACCOUNT_EVENTS = "marginwatch_account_events_total"
 OLDEST_WEBHOOK_DELIVERY = "marginwatch_oldest_webhook_delivery_age_seconds"
+LIQUIDATION_CAPACITY = "marginwatch_liquidation_capacity_per_second"
 
 # Label values (each a fixed, small set).
 # Statuses in the order of the batch path's codes (engine.types.STATUS_ORDER; the producer
@@ -94,6 +96,8 @@ MARGIN_RATIO_LE = (*(repr(edge) for edge in MARGIN_RATIO_BUCKETS), "+Inf")  # "0
 # Adverse move from the mark to the liquidation price: [0, 1%), [1%, 2%), ..., [10%, 20%).
 LIQUIDATION_BANDS = ("0-1%", "1-2%", "2-5%", "5-10%", "10-20%")
 LIQUIDATION_BAND_EDGES = (0.01, 0.02, 0.05, 0.10, 0.20)
+# The liquidation capacity's window: the executor's last this many liquidation tasks (batches).
+CAPACITY_WINDOW_TASKS = 100
 
 
 def _redis_errors(registry: CollectorRegistry, component: str) -> Counter:
@@ -268,6 +272,8 @@ class ExecutorMetrics:
             "Age of the partition's oldest webhook delivery not yet made nor given up (0: none)",
         )
         registry.register(self.oldest_webhook_delivery)
+        self.liquidation_capacity = LiquidationCapacity()
+        registry.register(self.liquidation_capacity)
         self.action_failures = _counter(
             registry, ACTION_FAILURES, "Action tasks that failed for good", "action", ACTIONS
         )
@@ -520,3 +526,46 @@ class PartitionsReadAtScrape(Collector):
 
     def _family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(self.name, self.documentation, labels=["partition"])
+
+
+class LiquidationCapacity(Collector):
+    """``marginwatch_liquidation_capacity_per_second``: the liquidations this process could
+    execute per second at the cost it measured, the liquidations of its last
+    ``CAPACITY_WINDOW_TASKS`` liquidation tasks (batches) divided by the seconds they took.
+
+    The window is a number of tasks, not a span of time: an executor that has been idle since
+    keeps exporting what its last tasks cost (its capacity is no lower for having had nothing to
+    do); one that has executed none exports no sample, so ``sum()`` adds the known capacities.
+    """
+
+    def __init__(self, window: int = CAPACITY_WINDOW_TASKS) -> None:
+        self._lock = threading.Lock()
+        self._tasks: deque[tuple[int, float]] = deque(maxlen=window)
+
+    def observe(self, liquidations: int, seconds: float) -> None:
+        """A liquidation task executed ``liquidations`` in ``seconds``."""
+        with self._lock:
+            self._tasks.append((liquidations, seconds))
+
+    def per_second(self) -> float | None:
+        """Liquidations per second of the window's busy time; ``None`` before the first task."""
+        with self._lock:
+            liquidations = sum(count for count, _seconds in self._tasks)
+            seconds = sum(seconds for _count, seconds in self._tasks)
+        return liquidations / seconds if seconds > 0 else None
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family, value = self._family(), self.per_second()
+        if value is not None:
+            family.add_metric([], value)
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            LIQUIDATION_CAPACITY,
+            "Liquidations per second this executor could execute at its measured cost",
+        )

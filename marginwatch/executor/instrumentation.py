@@ -59,6 +59,20 @@ def observe_liquidation(
     observe_latency(metrics, action)
 
 
+def observe_liquidations(
+    metrics: ExecutorMetrics,
+    batch: Sequence[Action],
+    outcomes: Sequence[LiquidationOutcome],
+    seconds: float,
+) -> None:
+    """Each liquidation of a batch, and what the batch cost: its liquidations (liquidated,
+    skipped or duplicate: each takes its pool off the due backlog) in ``seconds``."""
+    for action, outcome in zip(batch, outcomes, strict=True):
+        observe_liquidation(metrics, action, outcome)
+    if batch:
+        metrics.liquidation_capacity.observe(len(batch), seconds)
+
+
 def observe_applied(metrics: ExecutorMetrics, counts: AppliedCounts) -> None:
     """The applier's ``on_step`` hook: account events by outcome."""
     metrics.account_events.labels("accepted").inc(counts.accepted)

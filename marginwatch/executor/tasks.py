@@ -3,6 +3,7 @@ process's resources to a plain function, then observing the outcome."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from marginwatch.base.actions import Action, ActionMessageError
 from marginwatch.base.metrics import ExecutorMetrics
 from marginwatch.base.partitions import partition_of
 from marginwatch.executor import instrumentation, liquidation, margin_calls
+from marginwatch.executor.liquidation import LiquidationOutcome
 from marginwatch.runtime.celery_app import (
     RETRY_ON_REDIS_ERRORS,
     TASK_LIQUIDATE,
@@ -95,7 +97,19 @@ def run_resolution(runtime: ExecutorRuntime, action: Action) -> str:
 
 
 def run_liquidations(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]:
-    """Liquidate, as one batch, each pool the exact path still says so."""
+    """Liquidate, as one batch, each pool the exact path still says so; the batch's cost is
+    measured."""
+    started = time.perf_counter()
+    outcomes = liquidate_replicated(runtime, batch)
+    seconds = time.perf_counter() - started
+    crash.at("executor:after-liquidation")
+    instrumentation.observe_liquidations(runtime.metrics, batch, outcomes, seconds)
+    return [outcome.result for outcome in outcomes]
+
+
+def liquidate_replicated(runtime: ExecutorRuntime, batch: list[Action]) -> list[LiquidationOutcome]:
+    """The batch's liquidations, waited on until ``wait_replicas`` replicas of every partition
+    written hold them."""
     settings = runtime.settings
     with counting_redis_errors(runtime.metrics.redis_errors):
         outcomes = liquidation.liquidate_batch(runtime.client, runtime.tables, settings, batch,
@@ -106,10 +120,7 @@ def run_liquidations(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]
         for partition in sorted(written):  # liquidated now, or before (a redelivery)
             wait_for_replicas(runtime.client, keys.partition_replicated(partition),
                               settings.wait_replicas, settings.wait_timeout_ms)  # fmt: skip
-    crash.at("executor:after-liquidation")
-    for action, outcome in zip(batch, outcomes, strict=True):
-        instrumentation.observe_liquidation(runtime.metrics, action, outcome)
-    return [outcome.result for outcome in outcomes]
+    return outcomes
 
 
 def register_tasks(app: Celery, runtime: ExecutorRuntime) -> None:
