@@ -133,6 +133,17 @@ def color_by_name(colors: dict[str, str]) -> list[Json]:
     ]
 
 
+def right_axis(name: str, unit: str) -> Json:
+    """An override drawing the series named ``name`` against a right-hand axis in ``unit``."""
+    return {
+        "matcher": {"id": "byName", "options": name},
+        "properties": [
+            {"id": "unit", "value": unit},
+            {"id": "custom.axisPlacement", "value": "right"},
+        ],
+    }
+
+
 UP_MAPPINGS = [
     {
         "type": "value",

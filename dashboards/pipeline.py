@@ -17,6 +17,7 @@ from dashboards.builder import (
     q,
     quantiles,
     rate_by,
+    right_axis,
     series,
     thresholds,
     variable,
@@ -248,6 +249,7 @@ def pipeline_health() -> Json:
             )
         ],
     )
+    due_backlog(grid)
     grid.timeseries(
         "Actions sent per second",
         "Actions the workers sent to the executor, by action.",
@@ -286,4 +288,36 @@ def pipeline_health() -> Json:
         "Services up, the price feed, partition evaluations and the actions that follow.",
         grid,
         [variable("partition", metrics.EVALUATIONS)],
+    )
+
+
+# Every executor's capacity, and the due liquidations (a worker pair on one range: max).
+CAPACITY = f"sum({series(metrics.LIQUIDATION_CAPACITY)})"
+DUE = f"sum(max by (partition) ({series(metrics.LIQUIDATIONS_DUE)}))"
+DUE_LEGEND = "due liquidations"
+
+
+def due_backlog(grid: Grid) -> None:
+    """The executors' capacity against the due liquidations, and the time to drain them."""
+    grid.timeseries(
+        "Liquidation capacity and due backlog",
+        (
+            "Liquidations per second all executors could execute at the cost they measured over "
+            "their last liquidation tasks, against the liquidations due (sent, not yet executed "
+            "nor skipped; right axis)."
+        ),
+        (12, 8),
+        "ops",
+        [q(CAPACITY, "capacity"), q(DUE, DUE_LEGEND)],
+        overrides=[right_axis(DUE_LEGEND, "short")],
+    )
+    grid.timeseries(
+        "Time to drain the due liquidations",
+        (
+            "The due liquidations over the executors' capacity: how long they would take to "
+            "execute the backlog if no more came. Rising during a cascade: they do not keep up."
+        ),
+        (12, 8),
+        "s",
+        [q(f"{DUE} / {CAPACITY}", "time to drain")],
     )

@@ -69,6 +69,8 @@ ISSUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "marginwatch_book_reloads_total": ("counter", ("reason",)),
     "marginwatch_queue_messages": ("gauge", ("queue_kind", "partition")),
     "marginwatch_oldest_webhook_delivery_age_seconds": ("gauge", ("partition",)),
+    "marginwatch_liquidations_due": ("gauge", ("partition",)),
+    "marginwatch_liquidation_capacity_per_second": ("gauge", ()),
 }
 SERIES_SUFFIXES = {
     "counter": ("",),
@@ -370,6 +372,46 @@ def _family_series(name: str, kind: str, matchers: list[str]) -> list[dict[str, 
         buckets = {"0.5": "1x40", "1": "2x40", "+Inf": "3x40"}
         totals = [one("_gsum", "2x40"), one("_gcount", "3x40")]
     return [*(one("_bucket", values, f'le="{le}"') for le, values in buckets.items()), *totals]
+
+
+def panel_exprs(title: str) -> list[str]:
+    """The queries of the panel titled ``title``, Grafana's variables substituted."""
+    (panel,) = [p for board in dashboards().values() for p in panels(board) if p["title"] == title]
+    return [substituted(target["expr"]) for target in panel["targets"]]
+
+
+def promtool_test(tmp_path: Path, tests: dict[str, Any]) -> None:
+    """Run ``promtool test rules`` on ``tests`` (with no rule file of its own)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool not found: install it (apt-get install -y prometheus)")
+    path = tmp_path / "panel_test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [], **tests}), encoding="utf-8")
+    command = [promtool, "test", "rules", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_time_to_drain_is_the_due_backlog_over_every_executors_capacity(tmp_path: Path) -> None:
+    """Two executors measure 20 and 30 liquidations/s; partitions 0 and 1 hold 30 and 10 due,
+    each exported by both workers of a pair: capacity 50/s, backlog 40, drained in 0.8 s."""
+    capacity = "marginwatch_liquidation_capacity_per_second"
+    due = "marginwatch_liquidations_due"
+    series = [
+        {"series": f'{capacity}{{job="marginwatch-executor", instance="{name}"}}', "values": v}
+        for name, v in (("executor-a:9100", "20x10"), ("executor-b:9100", "30x10"))
+    ] + [
+        {"series": f'{due}{{job="marginwatch-worker", instance="{name}", partition="{p}"}}',
+         "values": v}
+        for name in ("worker-a:9100", "worker-b:9100") for p, v in (("0", "30x10"), ("1", "10x10"))
+    ]  # fmt: skip
+    exprs = panel_exprs("Liquidation capacity and due backlog")
+    exprs += panel_exprs("Time to drain the due liquidations")
+    expected = dict(zip(exprs, (50, 40, 0.8), strict=True))
+    checks = [{"expr": expr, "eval_time": "5m", "exp_samples": [{"labels": "{}", "value": value}]}
+              for expr, value in expected.items()]  # fmt: skip
+    tests = [{"interval": "1m", "input_series": series, "promql_expr_test": checks}]
+    promtool_test(tmp_path, {"evaluation_interval": "1m", "tests": tests})
 
 
 def test_every_query_is_valid_promql_with_data(tmp_path: Path) -> None:
