@@ -10,6 +10,7 @@ import pytest
 
 from marginwatch.engine.brackets import (
     BracketTableError,
+    binance_document,
     default_tables,
     load_bracket_file,
     tables_from_binance_json,
@@ -89,6 +90,20 @@ def test_loads_binance_leverage_bracket_json(tmp_path: Path) -> None:
     tables = load_bracket_file(str(path))
     assert tables["XUSDT"].bracket_for(D(5000)).maintenance_amount == D("75.0")
     assert tables["XUSDT"].max_leverage_for(D(4999)) == 50
+
+
+def test_binance_document_reads_back_as_the_same_tables(tmp_path: Path) -> None:
+    """Every shipped table written in the leverageBracket shape loads back equal, tier by tier
+    and digit by digit."""
+    path = tmp_path / "brackets.json"
+    path.write_text(json.dumps(binance_document(default_tables().values())), encoding="utf-8")
+    loaded = load_bracket_file(str(path))
+    assert list(loaded) == list(default_tables())
+    for symbol, shipped in default_tables().items():
+        assert loaded[symbol] == shipped
+        assert [str(b.maintenance_margin_rate) for b in loaded[symbol].brackets] == [
+            str(b.maintenance_margin_rate) for b in shipped.brackets
+        ]
 
 
 def test_binance_json_errors_name_the_entry() -> None:

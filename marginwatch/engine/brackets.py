@@ -115,6 +115,33 @@ def tables_from_binance_json(document: Any) -> dict[str, BracketTable]:
     return tables
 
 
+def binance_document(tables: Iterable[BracketTable]) -> list[dict[str, Any]]:
+    """The ``leverageBracket`` response shape of ``tables`` (what ``tables_from_binance_json``
+    reads): numbers as JSON numbers, tiers numbered from 1."""
+    return [
+        {"symbol": table.symbol,
+         "brackets": [_binance_bracket(number, bracket)
+                      for number, bracket in enumerate(table.brackets, start=1)]}
+        for table in tables
+    ]  # fmt: skip
+
+
+def _binance_bracket(number: int, bracket: Bracket) -> dict[str, Any]:
+    return {
+        "bracket": number,
+        "initialLeverage": bracket.max_leverage,
+        "notionalCap": _number(bracket.notional_cap),
+        "notionalFloor": _number(bracket.notional_floor),
+        "maintMarginRatio": _number(bracket.maintenance_margin_rate),
+        "cum": _number(bracket.maintenance_amount),
+    }
+
+
+def _number(value: Decimal) -> int | float:
+    """An integral value as an int, else the float whose shortest form reads back as ``value``."""
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
 def load_bracket_file(path: str) -> dict[str, BracketTable]:
     """Read a user's file in the JSON shape of Binance's ``leverageBracket`` response."""
     with open(path, encoding="utf-8") as handle:
