@@ -1,11 +1,12 @@
 """Engine benchmark: full re-evaluation of a large book on one core, batch path beside exact.
 
-    python benchmarks/bench_engine.py [--accounts 1000000] [--symbols 400] [--repeats 20]
+    python -m benchmarks.bench_engine [--accounts 1000000] [--symbols 400] [--repeats 20]
 
 Prints positions per second for ratios + statuses, the time for every liquidation price, the
 memory per position, and the exact path's rate on a sample (so the ratio is visible). The book
-is synthetic but uses the shipped Binance bracket tables (cycled over the symbol slots), with
-log-normal notionals over every tier, ~15% isolated positions and ~5% hedged cross symbols.
+is synthetic but uses the shipped Binance bracket tables (past the shipped symbols, synthetic
+ones reuse them: ``benchmarks.symbols``), with log-normal notionals over every tier, ~15%
+isolated positions and ~5% hedged cross symbols.
 Between timed repeats every mark moves (a random walk of 0.3% per step), as ticks would.
 """
 
@@ -21,22 +22,14 @@ from decimal import Decimal
 
 import numpy as np
 
+from benchmarks.symbols import symbol_tables
 from marginwatch.engine import batch
 from marginwatch.engine.batch import FloatArray
-from marginwatch.engine.brackets import BracketTable, default_tables
+from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.exact import evaluate_account
 from marginwatch.engine.types import Account, MarginMode, Position, PositionMode, Thresholds
 
 POSITIONS_PER_ACCOUNT = 3
-
-
-def symbol_tables(count: int) -> dict[str, BracketTable]:
-    """``count`` symbol slots, each with a real shipped table (cycled when count exceeds it)."""
-    shipped = list(default_tables().values())
-    return {
-        f"S{slot:03d}USDT": BracketTable(f"S{slot:03d}USDT", shipped[slot % len(shipped)].brackets)
-        for slot in range(count)
-    }
 
 
 def synthetic_columns(accounts: int, symbols: int, seed: int) -> batch.Columns:
