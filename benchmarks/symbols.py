@@ -1,9 +1,15 @@
 """As many symbols as a venue lists: the shipped bracket tables, then synthetic symbols
-(``SYN0001USDT``, ``SYN0002USDT``, ...) each reusing a shipped symbol's brackets."""
+(``SYN0001USDT``, ``SYN0002USDT``, ...) each reusing a shipped symbol's brackets, for the
+engine benchmark and the pipeline benchmark alike; and the brackets file that hands them to
+the daemons (``MARGINWATCH_BRACKETS_FILE``, in the ``leverageBracket`` shape)."""
 
 from __future__ import annotations
 
-from marginwatch.engine.brackets import BracketTable, default_tables
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from marginwatch.engine.brackets import BracketTable, binance_document, default_tables
 
 SYNTHETIC_SYMBOL = "SYN{number:04d}USDT"
 
@@ -17,3 +23,19 @@ def symbol_tables(count: int) -> dict[str, BracketTable]:
         name = SYNTHETIC_SYMBOL.format(number=number + 1)
         tables[name] = BracketTable(name, shipped[number % len(shipped)].brackets)
     return tables
+
+
+def venue_tables(count: int) -> dict[str, BracketTable]:
+    """Every shipped table, and synthetic symbols past them up to ``count`` symbols in all."""
+    return symbol_tables(max(count, len(default_tables())))
+
+
+def write_brackets_file(tables: Mapping[str, BracketTable], path: Path) -> Path:
+    """``tables`` as a file ``MARGINWATCH_BRACKETS_FILE`` can name; returns ``path``."""
+    path.write_text(json.dumps(binance_document(tables.values())), encoding="utf-8")
+    return path
+
+
+def synthetic_count(symbols: Iterable[str]) -> int:
+    """How many of ``symbols`` have no shipped table."""
+    return sum(symbol not in default_tables() for symbol in symbols)

@@ -14,8 +14,11 @@ partition's ``evaluated`` key (every finished evaluation writes it once) times t
 positions. Afterwards it runs the naive baseline (``naive_baseline.py``: one Celery task per
 account per tick) on the same book and Redis, and prints a figures block.
 
-Daemon logs, ``timeline.csv`` (per second: evaluation lag, queues, margin calls and their
-latency) and, with ``--py-spy``, raw py-spy stacks of every worker and executor stay in a
-temporary directory (printed). ``--executors`` and ``--partitions`` are deployment knobs.
-Ctrl-C or SIGTERM stops every child process and the server.
+Every daemon reads the bracket tables of ``brackets.json`` (``MARGINWATCH_BRACKETS_FILE``): the
+shipped ones and, for ``--symbols`` past them, synthetic symbols (``SYN0001USDT``, ...) reusing
+their brackets (``benchmarks.symbols``). It, the daemon logs, ``timeline.csv`` (per second:
+evaluation lag, queues, margin calls and their latency) and, with ``--py-spy``, raw py-spy
+stacks of every worker and executor stay in a temporary directory (printed). ``--executors``
+and ``--partitions`` are deployment knobs. Ctrl-C or SIGTERM stops every child process and the
+server.
 """

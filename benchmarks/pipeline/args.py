@@ -20,7 +20,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="single",
         help="single Redis; Redis Cluster 3+3 with RabbitMQ; or both, one after the other",
     )
-    parser.add_argument("--symbols", type=int, default=200)
+    parser.add_argument(
+        "--symbols",
+        type=int,
+        default=200,
+        help="symbols ticking; past the shipped tables, synthetic ones (SYN0001USDT, ...) "
+        "reuse their brackets",
+    )
     parser.add_argument("--seconds", type=float, default=120.0, help="producer run time")
     parser.add_argument("--partitions", type=int, default=8, help="P, split over 2 workers")
     parser.add_argument("--seed", type=int, default=1, help="market and book seed")

@@ -16,7 +16,7 @@ from benchmarks.pipeline.observe import used_memory
 from marginwatch.base.partitions import partition_of
 from marginwatch.base.ticks import Tick
 from marginwatch.cli.book_generator import generate_accounts
-from marginwatch.engine.brackets import default_tables
+from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.types import Account, PositionMode
 from marginwatch.producer.publisher import Publisher
 from marginwatch.producer.run import synthetic_symbols
@@ -24,9 +24,10 @@ from marginwatch.producer.synthetic import MarketSpec, start_prices, to_signific
 from marginwatch.state.accounts import store_accounts
 
 
-def pick_symbols(count: int) -> tuple[str, ...]:
-    """The symbols the producer would pick for ``--symbols count`` (majors first)."""
-    return synthetic_symbols(count, set(default_tables()), ())
+def pick_symbols(count: int, tables: Mapping[str, BracketTable]) -> tuple[str, ...]:
+    """The symbols the producer would pick for ``--symbols count`` from ``tables`` (majors
+    first)."""
+    return synthetic_symbols(count, set(tables), ())
 
 
 def start_marks(symbols: Sequence[str], seed: int) -> dict[str, Decimal]:

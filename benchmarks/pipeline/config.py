@@ -25,6 +25,8 @@ SCRAPED = (
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NAIVE_SCRIPT = Path(__file__).resolve().parents[1] / "naive_baseline.py"
+# The bracket tables of the run's symbols, in its directory, named by MARGINWATCH_BRACKETS_FILE.
+BRACKETS = "brackets.json"
 
 
 def log(message: str) -> None:

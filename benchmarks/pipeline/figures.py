@@ -15,6 +15,7 @@ from benchmarks.pipeline.daemons import worker_specs
 from benchmarks.pipeline.naive import NaiveRun
 from benchmarks.pipeline.observe import Sample, cpu_shares, trend
 from benchmarks.pipeline.run import Context, PipelineRun
+from benchmarks.symbols import synthetic_count
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -30,7 +31,8 @@ def print_book(ctx: Context, book: Book) -> None:
     generated_mean = book.generated_positions / book.accounts
     print(
         f"book: {book.accounts:,} accounts, {book.positions:,} positions "
-        f"({book.positions / book.accounts:.2f} per account), {len(ctx.symbols)} symbols, "
+        f"({book.positions / book.accounts:.2f} per account), {len(ctx.symbols)} symbols "
+        f"({synthetic_count(ctx.symbols)} synthetic), "
         f"{args.partitions} partitions (workers {', '.join(worker_specs(args.partitions))})"
     )
     print(

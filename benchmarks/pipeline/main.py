@@ -14,13 +14,14 @@ from types import FrameType
 
 from benchmarks.pipeline.args import parse_args
 from benchmarks.pipeline.book import load_book, pick_symbols, publish_marks, start_marks
-from benchmarks.pipeline.config import log
+from benchmarks.pipeline.config import BRACKETS, log
 from benchmarks.pipeline.daemons import Daemons
-from benchmarks.pipeline.engines import KINDS, broker_client, start_engines
+from benchmarks.pipeline.engines import KINDS, Engines, broker_client, start_engines
 from benchmarks.pipeline.figures import Result, print_comparison, print_figures
 from benchmarks.pipeline.naive import run_naive
 from benchmarks.pipeline.observe import Probe
 from benchmarks.pipeline.run import Context, run_pipeline
+from benchmarks.symbols import venue_tables, write_brackets_file
 from marginwatch.base.settings import Settings
 from marginwatch.runtime.celery_app import make_celery
 from marginwatch.state.connection import open_redis
@@ -30,26 +31,33 @@ def raise_interrupt(_number: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def daemon_env(args: argparse.Namespace, engines: Engines, brackets: Path) -> dict[str, str]:
+    """What every daemon of a run starts with: its servers, the partition count and the bracket
+    tables of its symbols."""
+    return {
+        **os.environ,
+        "MARGINWATCH_REDIS_URL": engines.state_url,
+        "MARGINWATCH_BROKER_URL": engines.broker_url,
+        "MARGINWATCH_PARTITIONS": str(args.partitions),
+        "MARGINWATCH_BRACKETS_FILE": str(brackets),
+    }
+
+
 def benchmark(args: argparse.Namespace, stack: ExitStack, kind: str) -> Result:
     """One run of the pipeline (and, on a single Redis, the naive baseline) on ``kind``'s
     servers; its figures printed."""
     engines = start_engines(kind)
     stack.callback(engines.stop)
     logs = Path(tempfile.mkdtemp(prefix=f"marginwatch-bench-{kind}-"))
-    env = {
-        **os.environ,
-        "MARGINWATCH_REDIS_URL": engines.state_url,
-        "MARGINWATCH_BROKER_URL": engines.broker_url,
-        "MARGINWATCH_PARTITIONS": str(args.partitions),
-    }
-    daemons = Daemons(logs, env)
+    tables = venue_tables(args.symbols)
+    daemons = Daemons(logs, daemon_env(args, engines, write_brackets_file(tables, logs / BRACKETS)))
     stack.callback(daemons.stop_all)
     client = open_redis(engines.state_url)
     app = make_celery(Settings(redis_url=engines.state_url, partitions=args.partitions),
                       engines.broker_url)  # fmt: skip
     stack.callback(app.close)
     probe = Probe(client, app, engines.primaries, args.partitions, broker_client(engines))
-    ctx = Context(args, engines, client, daemons, pick_symbols(args.symbols), probe)
+    ctx = Context(args, engines, client, daemons, pick_symbols(args.symbols, tables), probe)
     marks = start_marks(ctx.symbols, args.seed)
     publish_marks(client, marks)
     log(f"{engines.title}; logs in {logs}; generating {args.accounts:,} accounts")
