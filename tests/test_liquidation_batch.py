@@ -20,8 +20,11 @@ from marginwatch.executor.liquidation import (
     plan_batch,
     read_batch,
 )
+from marginwatch.executor.tasks import ExecutorRuntime, run_liquidations
 from marginwatch.producer.publisher import Publisher
+from marginwatch.runtime.celery_app import make_celery
 from marginwatch.state.accounts import read_account, store_accounts
+from marginwatch.state.due import queue_due
 from marginwatch.state.guarded import Guard, GuardedWrite
 
 D = Decimal
@@ -154,3 +157,26 @@ def test_a_liquidated_pool_is_not_liquidated_twice_across_batches(
     again = [o.result for o in liquidate_batch(redis_client, TABLES, SETTINGS, BATCH)]
     assert again == ["duplicate"] * len(BATCH)
     assert state(redis_client) == before
+
+
+def test_one_message_executes_every_liquidation_due_in_its_partition(
+    redis_server, redis_client: redis.Redis
+) -> None:
+    """Every action of BATCH recorded as due; a message carrying only B's: A's two pools and C
+    (rescued) are done too, the due set emptied; their own messages later are duplicates."""
+    prepare(redis_client)
+    settings = SETTINGS.model_copy(update={"redis_url": redis_server.url})
+    runtime = ExecutorRuntime(
+        settings, redis_client, TABLES, make_celery(settings, redis_server.url)
+    )
+    pipe = redis_client.pipeline(transaction=True)
+    queue_due(pipe, 1, BATCH, 1_700_000_000_000)  # A, B and C are all in partition 1
+    pipe.execute()
+    assert run_liquidations(runtime, [action("B")]) == ["liquidated"]
+    assert redis_client.zcard(keys.due_liquidations(1)) == 0
+    assert redis_client.hlen(keys.due_liquidation_actions(1)) == 0
+    kinds = sorted(
+        f[b"kind"] + f[b"account_id"] for _id, f in redis_client.xrange(keys.liquidations(1))
+    )
+    assert kinds == [b"liquidationA", b"liquidationA", b"liquidationB", b"skippedC"]
+    assert run_liquidations(runtime, BATCH[:4]) == ["duplicate"] * 4

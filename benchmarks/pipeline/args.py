@@ -39,6 +39,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1,
         help="executor processes, each on its own partition range",
     )
+    parser.add_argument(
+        "--cascade",
+        metavar="MOVE:SECONDS@START",
+        help="every symbol moves MOVE%% over SECONDS from START (e.g. -15:10@20); replaces the "
+        "staggered crashes",
+    )
     parser.add_argument("--crash-move", type=float, default=-12.0, help="percent")
     parser.add_argument("--crash-seconds", type=float, default=30.0, help="each crash's length")
     parser.add_argument("--crash-every", type=float, default=10.0, help="seconds between starts")

@@ -92,9 +92,9 @@ class Book:
     partition_accounts: list[int]
     partition_positions: list[int]
     holders: dict[str, list[str]]
-    generate_seconds: float
-    store_seconds: float
+    store_seconds: float  # generated and stored in one streaming pass
     redis_used_bytes: int
+    empty_worker_kib: int = 0  # RSS of a worker over empty partitions
 
 
 def load_book(
@@ -103,29 +103,28 @@ def load_book(
     marks: Mapping[str, Decimal],
     primaries: Sequence[str],
 ) -> Book:
-    """Generate the book (timed), then store it (timed)."""
+    """Generate and store the book in one streaming pass (timed together: no account is held
+    after its chunk is stored); the symbols' holders are kept only for the naive baseline."""
     started = time.perf_counter()
     top_up = TopUp(args.positions_per_account)
-    accounts = list(top_up.accounts(args.accounts, marks, args.seed))
-    generated = time.perf_counter()
-    store_accounts(client, accounts, args.partitions)
-    stored = time.perf_counter()
-    book = Book(
-        len(accounts),
-        top_up.positions,
-        top_up.generated_positions,
-        top_up.merged_accounts,
-        [0] * args.partitions,
-        [0] * args.partitions,
-        {},
-        generated - started,
-        stored - generated,
-        used_memory(primaries),
-    )
+    book = Book(0, 0, 0, 0, [0] * args.partitions, [0] * args.partitions, {}, 0.0, 0)
+    tallied = tally(book, top_up.accounts(args.accounts, marks, args.seed), args)
+    book.accounts = store_accounts(client, tallied, args.partitions)
+    book.store_seconds = time.perf_counter() - started
+    book.positions, book.generated_positions = top_up.positions, top_up.generated_positions
+    book.merged_accounts = top_up.merged_accounts
+    book.redis_used_bytes = used_memory(primaries)
+    return book
+
+
+def tally(book: Book, accounts: Iterator[Account], args: argparse.Namespace) -> Iterator[Account]:
+    """Pass the accounts on, counting them by partition (and noting holders, if wanted)."""
+    keep_holders = args.naive_seconds > 0
     for account in accounts:
         partition = partition_of(account.account_id, args.partitions)
         book.partition_accounts[partition] += 1
         book.partition_positions[partition] += len(account.positions)
-        for symbol in {position.symbol for position in account.positions}:
-            book.holders.setdefault(symbol, []).append(account.account_id)
-    return book
+        if keep_holders:
+            for symbol in {position.symbol for position in account.positions}:
+                book.holders.setdefault(symbol, []).append(account.account_id)
+        yield account

@@ -9,7 +9,10 @@ from pathlib import Path
 from marginwatch.base import metrics
 
 WORKERS = 2
-GOAL_P99_MS = 250.0
+GOAL_P99_MS = 50.0  # tick -> MARGIN_CALL
+GOAL_LIQUIDATION_P99_MS = 250.0  # tick -> liquidation executed
+GOAL_CASCADE_LIQUIDATION_P99_MS = 10_000.0  # the same through a --cascade
+GOAL_CASCADE_LIQUIDATIONS_PER_SECOND = 25_000
 FIRST_EVALUATION_TIMEOUT_S = 900.0
 DRAIN_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0

@@ -79,6 +79,14 @@ def crash_scenarios(symbols: Sequence[str], args: argparse.Namespace) -> list[st
     ]
 
 
+def cascade_scenarios(symbols: Sequence[str], args: argparse.Namespace) -> list[str]:
+    """``--cascade MOVE:SECONDS@START``: every symbol moves MOVE% over SECONDS from START."""
+    move, rest = args.cascade.split(":")
+    seconds, start = rest.rstrip("s").split("@")
+    return [f"{symbol}:{float(move):g}%:{float(seconds):g}s@{float(start.rstrip('s')):g}s"
+            for symbol in symbols]  # fmt: skip
+
+
 def producer_command(
     symbols: Sequence[str], seconds: float, seed: int, scenarios: list[str]
 ) -> list[str]:

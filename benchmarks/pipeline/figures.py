@@ -10,7 +10,13 @@ import numpy as np
 
 from benchmarks import naive_baseline as naive
 from benchmarks.pipeline.book import Book
-from benchmarks.pipeline.config import GOAL_P99_MS, WORKERS
+from benchmarks.pipeline.config import (
+    GOAL_CASCADE_LIQUIDATION_P99_MS,
+    GOAL_CASCADE_LIQUIDATIONS_PER_SECOND,
+    GOAL_LIQUIDATION_P99_MS,
+    GOAL_P99_MS,
+    WORKERS,
+)
 from benchmarks.pipeline.daemons import worker_specs
 from benchmarks.pipeline.naive import NaiveRun
 from benchmarks.pipeline.observe import Sample, cpu_shares, trend
@@ -46,8 +52,8 @@ def print_book(ctx: Context, book: Book) -> None:
         f"{max(book.partition_positions):,}"
     )
     print(
-        f"load: generated in {book.generate_seconds:.1f} s; stored (store_accounts) in "
-        f"{book.store_seconds:.1f} s = {book.accounts / book.store_seconds:,.0f} accounts/s; "
+        f"load: generated and stored (store_accounts, streaming) in {book.store_seconds:.1f} s "
+        f"= {book.accounts / book.store_seconds:,.0f} accounts/s; "
         f"Redis used_memory after load {book.redis_used_bytes / 2**20:,.0f} MiB"
     )
 
@@ -58,7 +64,8 @@ def print_pipeline(ctx: Context, book: Book, run: PipelineRun) -> None:
         f"pipeline: workers loaded and evaluated every partition once in "
         f"{run.ready_seconds:.1f} s; producer window {seconds:.1f} s"
     )
-    print(f"  crashes: {len(run.scenarios)} ({', '.join(run.scenarios)})")
+    shown = run.scenarios if len(run.scenarios) <= 12 else [*run.scenarios[:3], "..."]
+    print(f"  crashes: {len(run.scenarios)} ({', '.join(shown)})")
     print(
         f"ticks accepted: {run.published:,} by the producer's count = "
         f"{run.published / ctx.args.seconds:,.1f} ticks/s (tick sequence +{run.sequence_delta:,};"
@@ -117,10 +124,33 @@ def print_latency(run: PipelineRun) -> None:
     )
     liquidations = run.liquidation_latencies_ms
     if liquidations:
+        goal = GOAL_CASCADE_LIQUIDATION_P99_MS if run.cascade else GOAL_LIQUIDATION_P99_MS
+        p99 = percentile(liquidations, 99)
         print(
             f"  tick-to-liquidation-executed latency: p50 {percentile(liquidations, 50):,.0f} ms,"
-            f" p99 {percentile(liquidations, 99):,.0f} ms ({len(liquidations):,} in the window)"
+            f" p99 {p99:,.0f} ms ({len(liquidations):,} in the window; "
+            f"{'meets' if p99 <= goal else 'MISSES'} the p99 <= {goal:,.0f} ms goal)"
         )
+        print_liquidation_rate(run)
+
+
+def print_liquidation_rate(run: PipelineRun) -> None:
+    """Liquidations executed per second across the executors: over the span from the first to
+    the last, and in the busiest second; and what was still due at the end."""
+    executed = np.array(sorted(run.liquidated_ms))
+    if executed.size < 2:
+        return
+    span = max((executed[-1] - executed[0]) / 1000, 1e-3)
+    per_second = np.bincount((executed - executed[0]) // 1000)
+    print(
+        f"  liquidations executed: {executed.size:,} in {span:.1f} s (first to last) = "
+        f"{executed.size / span:,.0f}/s across the executors; busiest second "
+        f"{per_second.max():,}; still due once drained: {run.due_at_end:,}"
+    )
+    if run.cascade:
+        rate = executed.size / span
+        verdict = "meets" if rate >= GOAL_CASCADE_LIQUIDATIONS_PER_SECOND else "MISSES"
+        print(f"  cascade verdict: {verdict} the {GOAL_CASCADE_LIQUIDATIONS_PER_SECOND:,}/s goal")
 
 
 def print_backlog(run: PipelineRun) -> None:
@@ -172,11 +202,26 @@ def print_memory(samples: Sequence[Sample], book: Book) -> None:
         "memory (RSS peak / at end): "
         + ", ".join(f"{n} {mib(peaks[n])} / {mib(samples[-1].rss_kib[n])}" for n in names)
     )
+    print_worker_memory(samples, book)
     used = max(s.redis_used for s in samples)
     print(
         f"  Redis used_memory peak {used / 2**20:,.0f} MiB (after load "
         f"{book.redis_used_bytes / 2**20:,.0f} MiB)"
     )
+
+
+def print_worker_memory(samples: Sequence[Sample], book: Book) -> None:
+    """Each worker's RSS at the end over an empty worker's, per position it holds."""
+    if not book.empty_worker_kib:
+        return
+    shares = []
+    for number, spec in enumerate(worker_specs(len(book.partition_positions))):
+        first, last = (int(bound) for bound in spec.split("-"))
+        held = sum(book.partition_positions[first : last + 1])
+        added = (samples[-1].rss_kib.get(f"worker-{number}", 0) - book.empty_worker_kib) * 1024
+        shares.append(f"worker-{number} {added / max(held, 1):,.0f} B/position ({held:,})")
+    print(f"  worker memory over an empty worker ({mib(book.empty_worker_kib)}): "
+          + ", ".join(shares))  # fmt: skip
 
 
 def print_naive(ctx: Context, book: Book, run: PipelineRun, naive_run: NaiveRun) -> None:

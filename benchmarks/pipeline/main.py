@@ -20,7 +20,7 @@ from benchmarks.pipeline.engines import KINDS, Engines, broker_client, start_eng
 from benchmarks.pipeline.figures import Result, print_comparison, print_figures
 from benchmarks.pipeline.naive import run_naive
 from benchmarks.pipeline.observe import Probe
-from benchmarks.pipeline.run import Context, run_pipeline
+from benchmarks.pipeline.run import Context, empty_worker_rss_kib, run_pipeline
 from benchmarks.symbols import venue_tables, write_brackets_file
 from marginwatch.base.settings import Settings
 from marginwatch.runtime.celery_app import make_celery
@@ -60,8 +60,11 @@ def benchmark(args: argparse.Namespace, stack: ExitStack, kind: str) -> Result:
     ctx = Context(args, engines, client, daemons, pick_symbols(args.symbols, tables), probe)
     marks = start_marks(ctx.symbols, args.seed)
     publish_marks(client, marks)
-    log(f"{engines.title}; logs in {logs}; generating {args.accounts:,} accounts")
+    log(f"{engines.title}; logs in {logs}; measuring an empty worker")
+    empty_worker_kib = empty_worker_rss_kib(ctx)
+    log(f"generating and storing {args.accounts:,} accounts")
     book = load_book(client, args, marks, engines.primaries)
+    book.empty_worker_kib = empty_worker_kib
     log(f"stored {book.accounts:,} accounts ({book.positions:,} positions); starting daemons")
     run = run_pipeline(ctx, book)
     log(f"pipeline done: {len(run.latencies_ms):,} margin calls")

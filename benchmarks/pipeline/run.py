@@ -24,6 +24,7 @@ from benchmarks.pipeline.config import (
 )
 from benchmarks.pipeline.daemons import (
     Daemons,
+    cascade_scenarios,
     crash_scenarios,
     marginwatch,
     producer_command,
@@ -43,7 +44,7 @@ from benchmarks.pipeline.observe import (
     scrape_all,
     take_sample,
 )
-from benchmarks.pipeline.proc import all_cpu_seconds, machine_busy_seconds, other_processes
+from benchmarks.pipeline.proc import all_cpu_seconds, machine_busy_seconds, other_processes, rss_kib
 from marginwatch.base import keys
 from marginwatch.cli.embedded_redis import free_port
 from marginwatch.state import streams
@@ -69,6 +70,9 @@ class PipelineRun:
     latencies_ms: list[float] = field(default_factory=list)
     emitted_s: list[float] = field(default_factory=list)
     liquidation_latencies_ms: list[float] = field(default_factory=list)
+    liquidated_ms: list[int] = field(default_factory=list)  # when each was executed
+    due_at_end: int = 0  # liquidations still due once the pipeline drained
+    cascade: bool = False  # every symbol moved at once (--cascade)
     latency_thirds_ms: list[float] = field(default_factory=list)
     resolved: int = 0
     liquidations: dict[str, int] = field(default_factory=dict)
@@ -109,6 +113,21 @@ def start_pipeline(ctx: Context) -> list[int]:
     return ports
 
 
+def empty_worker_rss_kib(ctx: Context) -> int:
+    """RSS of a worker that has loaded and evaluated empty partitions (before the book is
+    stored): the base that the book's memory per position is measured over."""
+    seeded = int(ctx.client.get(keys.TICK_SEQUENCE) or 0)
+    spec = worker_specs(ctx.args.partitions)[0]
+    worker = ctx.daemons.start("worker-empty", marginwatch("worker", "--partitions", spec))
+    first, last = (int(bound) for bound in spec.split("-"))
+    wait_until(lambda: all_evaluated(ctx.client, last + 1, seeded, first), 300,
+               "the empty worker's first evaluations", ctx.daemons)  # fmt: skip
+    rss = rss_kib(worker.pid)
+    ctx.daemons.stop("worker-empty")
+    ctx.client.delete(*(keys.partition_evaluated(p) for p in range(ctx.args.partitions)))
+    return rss
+
+
 def start_profilers(daemons: Daemons, seconds: float) -> None:
     """``py-spy record`` of every worker and executor, as raw stacks in the logs directory."""
     py_spy = Path(sys.executable).with_name("py-spy")
@@ -135,8 +154,8 @@ def start_profilers(daemons: Daemons, seconds: float) -> None:
         )
 
 
-def all_evaluated(client: redis.Redis, partitions: int, sequence: int) -> bool:
-    marks = [client.get(keys.partition_evaluated(p)) for p in range(partitions)]
+def all_evaluated(client: redis.Redis, partitions: int, sequence: int, first: int = 0) -> bool:
+    marks = [client.get(keys.partition_evaluated(p)) for p in range(first, partitions)]
     return all(mark is not None and int(mark) >= sequence for mark in marks)
 
 
@@ -149,7 +168,9 @@ def caught_up(probe: Probe) -> bool:
 
 def run_pipeline(ctx: Context, book: Book) -> PipelineRun:
     """Start the daemons, wait for the first evaluations, run the producer, measure."""
-    run = PipelineRun(scenarios=crash_scenarios(ctx.symbols, ctx.args), logs=ctx.daemons.logs)
+    scenarios = cascade_scenarios(ctx.symbols, ctx.args) if ctx.args.cascade else None
+    run = PipelineRun(scenarios=scenarios or crash_scenarios(ctx.symbols, ctx.args),
+                      logs=ctx.daemons.logs, cascade=scenarios is not None)  # fmt: skip
     client, partitions = ctx.client, ctx.args.partitions
     started = time.monotonic()
     ports = start_pipeline(ctx)
@@ -281,6 +302,9 @@ def read_margin_calls(client: redis.Redis, partitions: int, run: PipelineRun) ->
         if int(entry["tick_event_time_ms"]) >= start_ms:
             latency = int(entry["executed_ms"]) - int(entry["tick_event_time_ms"])
             run.liquidation_latencies_ms.append(float(latency))
+            if entry["kind"] == "liquidation":
+                run.liquidated_ms.append(int(entry["executed_ms"]))
+    run.due_at_end = sum(client.zcard(keys.due_liquidations(p)) for p in range(partitions))
 
 
 def write_timeline(run: PipelineRun, path: Path) -> None:

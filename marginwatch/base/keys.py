@@ -48,6 +48,7 @@ _INSURANCE_FUND = "insurance-fund"
 _EPISODE = "episode:{account_id}:{pool}"
 _EPISODES = "episodes"  # set of "account|pool" of the partition's open episodes
 _DUE_LIQUIDATIONS = "due-liquidations"  # zset "account|pool" -> ms when first sent
+_DUE_LIQUIDATION_ACTIONS = "due-liquidation-actions"
 _REPLICATED = "replicated"  # counter written before WAIT (state.connection.wait_for_replicas)
 _IDEMPOTENCY = "done:{key}"
 _WEBHOOK_OUTBOX = "webhook-outbox"  # stream: one entry per event and URL
@@ -167,6 +168,12 @@ def due_liquidations(partition: int) -> str:
     """Liquidations sent and not yet executed or skipped: ``account|pool`` scored by the time
     (ms) the first was sent."""
     return _of(partition, _DUE_LIQUIDATIONS)
+
+
+def due_liquidation_actions(partition: int) -> str:
+    """The newest liquidation action sent for each due pool: ``account|pool`` -> its message
+    (JSON), so an executor can take every due liquidation of the partition at once."""
+    return _of(partition, _DUE_LIQUIDATION_ACTIONS)
 
 
 def idempotency(partition: int, key: str) -> str:

@@ -26,6 +26,9 @@ from marginwatch.runtime.observe import counting_redis_errors
 from marginwatch.runtime.process import Runtime
 from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.connection import wait_for_replicas
+from marginwatch.state.due import due_actions
+
+DUE_DRAIN_LIMIT = 5_000  # due liquidations of a partition taken with one message
 
 
 def _unserved_metrics() -> ExecutorMetrics:
@@ -97,14 +100,31 @@ def run_resolution(runtime: ExecutorRuntime, action: Action) -> str:
 
 
 def run_liquidations(runtime: ExecutorRuntime, batch: list[Action]) -> list[str]:
-    """Liquidate, as one batch, each pool the exact path still says so; the batch's cost is
-    measured."""
-    started = time.perf_counter()
+    """Liquidate, as one batch, each pool the exact path still says so: the message's
+    actions and every other liquidation due in their partitions (``state.due``); the batch's
+    cost is measured. What happened to the message's own actions."""
+    started, own = time.perf_counter(), len(batch)
+    batch = with_due(runtime, batch)
     outcomes = liquidate_replicated(runtime, batch)
     seconds = time.perf_counter() - started
     crash.at("executor:after-liquidation")
     instrumentation.observe_liquidations(runtime.metrics, batch, outcomes, seconds)
-    return [outcome.result for outcome in outcomes]
+    return [outcome.result for outcome in outcomes[:own]]
+
+
+def with_due(runtime: ExecutorRuntime, batch: list[Action]) -> list[Action]:
+    """The batch, then the other liquidations due in its partitions (up to ``DUE_DRAIN_LIMIT``
+    each; bad ones reported and left out)."""
+    seen = {liquidation.liquidation_key(action) for action in batch}
+    extra = []
+    with counting_redis_errors(runtime.metrics.redis_errors):
+        for partition in sorted({action.partition for action in batch}):
+            messages = due_actions(runtime.client, partition, DUE_DRAIN_LIMIT)
+            for action in parse_actions(runtime, messages):
+                if liquidation.liquidation_key(action) not in seen:
+                    seen.add(liquidation.liquidation_key(action))
+                    extra.append(action)
+    return [*batch, *extra]
 
 
 def liquidate_replicated(runtime: ExecutorRuntime, batch: list[Action]) -> list[LiquidationOutcome]:

@@ -7,6 +7,11 @@ transaction that liquidates or skips it. Their number and the oldest member's ag
 by the workers; the ``MarginwatchLiquidationOverdue`` alert fires when a due liquidation waits
 too long.
 
+Beside the set, ``keys.due_liquidation_actions`` keeps the newest action sent for each due pool
+(its message), so an executor that takes one message of a partition executes every liquidation
+due there (``due_actions``): in a cascade a batch is whatever came due while the executor was
+busy, not what one evaluation found. The message is then the doorbell; the due set is the queue.
+
 A message can be lost between the queue and an executor that dies at that moment (the Redis
 transport pops it before it records it as unacknowledged), so a worker sends a liquidation
 again when it is still due after ``liquidation_resend_after_seconds`` and nothing waits in the
@@ -15,28 +20,42 @@ partition's liquidation queue; the executor's idempotency key makes a second cop
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
 from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
 
 from marginwatch.base import keys
+from marginwatch.base.actions import Action
 from marginwatch.base.pools import pool_member, split_pool_member
 
 
-def queue_due(
-    pipe: Pipeline, partition: int, pools: Iterable[tuple[str, str]], now_ms: int
-) -> None:
-    """Queue (account id, pool) as due since ``now_ms`` unless due already."""
-    members = {pool_member(account_id, pool): now_ms for account_id, pool in pools}
-    if members:
-        pipe.zadd(keys.due_liquidations(partition), members, nx=True)
+def queue_due(pipe: Pipeline, partition: int, actions: Iterable[Action], now_ms: int) -> None:
+    """Queue each action's pool as due since ``now_ms`` unless due already, with the action
+    (the newest replaces an older one)."""
+    messages: dict[FieldT, EncodableT] = {
+        pool_member(a.account_id, a.pool): json.dumps(a.to_message()) for a in actions
+    }
+    if messages:
+        since = {pool_member(a.account_id, a.pool): now_ms for a in actions}
+        pipe.zadd(keys.due_liquidations(partition), since, nx=True)
+        pipe.hset(keys.due_liquidation_actions(partition), mapping=messages)
 
 
 def queue_done(pipe: Pipeline, partition: int, account_id: str, pool: str) -> None:
     """Queue the removal of a pool whose liquidation was executed or skipped."""
     pipe.zrem(keys.due_liquidations(partition), pool_member(account_id, pool))
+    pipe.hdel(keys.due_liquidation_actions(partition), pool_member(account_id, pool))
+
+
+def due_actions(client: redis.Redis, partition: int, limit: int) -> list[object]:
+    """Up to ``limit`` of the partition's due liquidation actions, as messages (parsed JSON;
+    the caller validates them)."""
+    values: list[bytes] = client.hvals(keys.due_liquidation_actions(partition))  # type: ignore[assignment]
+    return [json.loads(value) for value in values[:limit]]
 
 
 def overdue(client: redis.Redis, partition: int, sent_before_ms: int) -> list[tuple[str, str]]:

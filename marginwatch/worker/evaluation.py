@@ -137,8 +137,7 @@ def record_due(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutc
     liquidations = [a for a in outcome.actions if a.kind is ActionKind.LIQUIDATION]
     if liquidations:
         pipe = client.pipeline(transaction=True)
-        queue_due(pipe, book.partition, [(a.account_id, a.pool) for a in liquidations],
-                  int(outcome.started_at * 1000))  # fmt: skip
+        queue_due(pipe, book.partition, liquidations, int(outcome.started_at * 1000))
         pipe.execute()
 
 
