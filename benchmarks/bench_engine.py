@@ -27,6 +27,7 @@ from marginwatch.engine import batch
 from marginwatch.engine.batch import FloatArray
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.exact import evaluate_account
+from marginwatch.engine.incremental import SymbolPools
 from marginwatch.engine.types import Account, MarginMode, Position, PositionMode, Thresholds
 
 POSITIONS_PER_ACCOUNT = 3
@@ -137,6 +138,9 @@ class Figures:
     uncertain_pools: int = 0
     exact_positions: int = 0
     exact_seconds: float = 0.0
+    tick_seconds: float = 0.0  # median: one symbol's tick, its pools found and evaluated
+    tick_pools: float = 0.0  # mean pools per symbol
+    tick_rows: float = 0.0  # mean rows of those pools
 
 
 def measure_batch(
@@ -163,7 +167,33 @@ def measure_batch(
     figures.prices = timed(prices_on(for_prices), marks)
     figures.result_bytes = sum(int(value.nbytes) for value in vars(out).values())
     figures.uncertain_pools = int(out.uncertain.sum())
+    measure_tick(book, brackets, marks, out, figures)
     return out
+
+
+def measure_tick(
+    book: batch.Book,
+    brackets: batch.BracketArrays,
+    marks: list[FloatArray],
+    out: batch.BatchResult,
+    figures: Figures,
+) -> None:
+    """The incremental cost of one tick: one symbol's mark moves; the pools holding it are
+    found (``SymbolPools``) and evaluated, the others keep their figures. Every symbol once."""
+    index = SymbolPools.of(book, brackets.floors.shape[0])
+    current = marks[-1].copy()
+    seconds, pools, rows = [], [], []
+    sizes = np.diff(book.pool_starts)
+    for symbol in range(brackets.floors.shape[0]):
+        current[symbol] *= 1.001
+        started = time.perf_counter()
+        listed = index.pools_of(np.array([symbol]))
+        batch.evaluate_ratios(book, brackets, current, Thresholds(), out, listed)
+        seconds.append(time.perf_counter() - started)
+        pools.append(listed.size)
+        rows.append(int(sizes[listed].sum()))
+    figures.tick_seconds = float(np.median(seconds))
+    figures.tick_pools, figures.tick_rows = float(np.mean(pools)), float(np.mean(rows))
 
 
 def measure_exact(
@@ -188,6 +218,8 @@ def report(args: argparse.Namespace, book: batch.Book, depth: int, figures: Figu
     """Print the figures."""
     n = book.positions
     batch_rate = n / figures.ratios[1]
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    print(f"machine: {os.cpu_count()} cores, load average {load} at the end; one core used")
     exact_rate = figures.exact_positions / figures.exact_seconds
     print(
         f"book: {args.accounts:,} accounts, {n:,} positions, {book.pools:,} margin pools, "
@@ -213,6 +245,11 @@ def report(args: argparse.Namespace, book: batch.Book, depth: int, figures: Figu
         f"memory: book {book.nbytes / n:.1f} B/position, result buffers "
         f"{figures.result_bytes / n:.1f} B/position; process peak RSS grew "
         f"{figures.rss_growth_bytes / n:.0f} B/position (includes generation)"
+    )
+    print(
+        f"incremental, one symbol's tick: median {figures.tick_seconds * 1e3:.2f} ms for its "
+        f"{figures.tick_pools:,.0f} pools ({figures.tick_rows:,.0f} rows) on average, against "
+        f"{figures.ratios[1] * 1e3:.1f} ms for the full pass"
     )
     print(f"uncertain pools (exact path decides): {figures.uncertain_pools:,} of {book.pools:,}")
     print(

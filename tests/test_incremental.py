@@ -79,6 +79,9 @@ def test_pools_of_lists_each_pool_holding_a_symbol_once() -> None:
     assert index.pools_of(np.array([1])).tolist() == [0, 1]
     assert index.pools_of(np.array([1, 0, 2])).tolist() == [0, 1, 2]
     assert index.pools_of(np.array([], dtype=np.int64)).tolist() == []
+    also = np.array([False, False, True])
+    assert index.pools_of(np.array([0]), also).tolist() == [0, 2]  # with the marked ones
+    assert also.tolist() == [False, False, True]  # the mask given is left alone
 
 
 def test_changed_symbols_counts_a_mark_that_appears_or_goes() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marginwatch.engine.batch import Book, FloatArray, Int32Array, IntArray
+from marginwatch.engine.batch import Book, BoolArray, FloatArray, Int32Array, IntArray
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class SymbolPools:
 
     starts: IntArray
     pools: Int32Array
+    pool_count: int
 
     @classmethod
     def of(cls, book: Book, symbols: int) -> SymbolPools:
@@ -33,20 +34,23 @@ class SymbolPools:
         order = np.argsort(group_symbol.astype(np.uint16), kind="stable")  # radix sort
         starts = np.zeros(symbols + 1, dtype=np.int64)
         np.cumsum(np.bincount(group_symbol, minlength=symbols), out=starts[1:])
-        return cls(starts, book.group_pool[order])
+        return cls(starts, book.group_pool[order], book.pools)
 
     @property
     def nbytes(self) -> int:
         return int(self.starts.nbytes + self.pools.nbytes)
 
-    def pools_of(self, symbols: IntArray) -> IntArray:
-        """The pools holding any of ``symbols``, ascending, each once."""
+    def pools_of(self, symbols: IntArray, also: BoolArray | None = None) -> IntArray:
+        """The pools holding any of ``symbols`` (and those ``also`` marks), ascending, each
+        once: marked in a mask over the pools (a sort of the lists would cost more as soon as
+        a few symbols tick together)."""
         parts = [self.pools[self.starts[s] : self.starts[s + 1]] for s in symbols]
-        if not parts:
-            return np.zeros(0, dtype=np.int64)
-        if len(parts) == 1:
-            return parts[0].astype(np.int64)
-        return np.unique(np.concatenate(parts)).astype(np.int64)
+        if also is None and len(parts) <= 1:
+            return parts[0].astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+        mask = np.zeros(self.pool_count, dtype=np.bool_) if also is None else also.copy()
+        for part in parts:
+            mask[part] = True
+        return np.flatnonzero(mask)
 
 
 def changed_symbols(marks: FloatArray, previous: FloatArray) -> IntArray:

@@ -148,11 +148,8 @@ def reconfirm_settled_liquidations(client: redis.Redis, book: PartitionBook) -> 
     remembered = np.flatnonzero(book.confirmed_status == LIQUIDATION_CODE)
     if remembered.size == 0:
         return 0
-    codes = [
-        book.pool_code(account_id, pool) for account_id, pool in due_pools(client, book.partition)
-    ]
-    due = np.array([code for code in codes if code is not None], dtype=np.int64)
-    settled = remembered[~np.isin(book.pool_codes[remembered], due)]
+    due = book.pools_mask(book.pool_code(a, pool) for a, pool in due_pools(client, book.partition))
+    settled = remembered[~due[remembered]]
     book.reconsider(settled)
     return int(settled.size)
 
@@ -163,9 +160,9 @@ def reconcile_episodes(client: redis.Redis, book: PartitionBook) -> int:
     and reopened between two refreshes. Such a pool is confirmed again by the next evaluation.
     Pools decided since the last call are left alone this time: their actions may still be on
     their way to the executor. How many were changed."""
-    codes = [book.pool_code(a, pool) for a, pool in open_episodes(client, book.partition)]
-    in_redis = np.isin(book.pool_codes, np.array([c for c in codes if c is not None], np.int64))
-    recent = np.isin(book.pool_codes, np.array(sorted(book.recently_decided), np.int64))
+    open_now = (book.pool_code(a, pool) for a, pool in open_episodes(client, book.partition))
+    in_redis = book.pools_mask(open_now)
+    recent = book.pools_mask(book.recently_decided)
     book.recently_decided.clear()
     differ = np.flatnonzero((in_redis != book.in_episode) & ~recent)
     book.in_episode[differ] = in_redis[differ]

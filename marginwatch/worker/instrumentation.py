@@ -20,7 +20,8 @@ from marginwatch.state.due import DueBacklog
 from marginwatch.worker.evaluation import EvaluationOutcome
 from marginwatch.worker.partition import PartitionBook
 
-LIQUIDATION_MAP_INTERVAL_SECONDS = 1.0
+LIQUIDATION_MAP_INTERVAL_SECONDS = 5.0  # a pass over every row: once per scrape (5 s)
+ONCE_A_SECOND = 1.0
 
 
 def observe_evaluation(
@@ -95,7 +96,7 @@ def stale_symbols(
 class Throttle:
     """At most one ``due`` per key per ``interval`` seconds (monotonic clock)."""
 
-    interval: float = LIQUIDATION_MAP_INTERVAL_SECONDS
+    interval: float = ONCE_A_SECOND
     last: dict[int, float] = field(default_factory=dict)
 
     def due(self, key: int, now: float | None = None) -> bool:

@@ -149,6 +149,22 @@ class PartitionBook:
             return None
         return number * self.code_stride + _code_within(index, PositionSide(side))
 
+    def pools_mask(self, codes: Iterable[int | None]) -> npt.NDArray[np.bool_]:
+        """Per pool of this layout: whether its code is among ``codes`` (``None`` and codes
+        not in the book are ignored). Each code is looked up among its account's pools only,
+        so the cost grows with the codes, not with the book."""
+        mask = np.zeros(self.book.pools, dtype=np.bool_)
+        accounts = self.cross_pools.shape[0]
+        for code in codes:
+            number = -1 if code is None else code // self.code_stride
+            if 0 <= number < accounts:
+                stop = (
+                    int(self.cross_pools[number + 1]) if number + 1 < accounts else self.book.pools
+                )
+                pools = self.pool_codes[int(self.cross_pools[number]) : stop]
+                mask[int(self.cross_pools[number]) + np.flatnonzero(pools == code)] = True
+        return mask
+
     def version_of(self, account_id: str) -> int | None:
         """The version of the account the book holds (``None``: not in this book)."""
         number = self.numbers.get(account_id)
@@ -308,8 +324,8 @@ class PartitionBook:
         """The pools the next evaluation at ``marks`` must evaluate (``None``: every pool)."""
         if self.full_pass_due or time.monotonic() - self.full_pass_at >= FULL_PASS_INTERVAL_SECONDS:
             return None
-        moved = self.symbol_pools.pools_of(changed_symbols(marks, self.evaluated_marks))
-        return np.union1d(moved, np.flatnonzero(self.dirty))
+        changed = changed_symbols(marks, self.evaluated_marks)
+        return self.symbol_pools.pools_of(changed, self.dirty if self.dirty.any() else None)
 
     def evaluated(self, marks: batch.FloatArray, pools: npt.NDArray[np.int64] | None) -> None:
         """``result`` is at ``marks`` now; the pools evaluated stay to be evaluated again until

@@ -52,7 +52,11 @@ class WorkerRuntime(Runtime):
     books: dict[int, PartitionBook] = field(default_factory=dict)
     brackets: batch.BracketArrays | None = None
     metrics: WorkerMetrics = field(default_factory=_unserved_metrics)
-    liquidation_map_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
+    liquidation_map_due: instrumentation.Throttle = field(
+        default_factory=lambda: instrumentation.Throttle(
+            instrumentation.LIQUIDATION_MAP_INTERVAL_SECONDS
+        )
+    )
     book_gauges_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
     identity_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
     identity: RedisIdentity | None = None  # of the Redis the books were loaded from
