@@ -52,6 +52,7 @@ from marginwatch.worker.in_place import (
     apply_in_place,
     plan_in_place,
 )
+from marginwatch.worker.rows import chunk_columns, concatenate_columns, lookup_codes, row_codes
 
 log = logging.getLogger("marginwatch.worker")
 
@@ -97,7 +98,7 @@ class PartitionBook:
         self.ticks = TickCache(self.bad)
         self.versions = np.zeros(0, dtype=np.int64)
         self.evaluated_marks = np.full(len(self.brackets.symbols), np.nan)
-        empty = _columns(AccountRows(), [], np.zeros(0))
+        empty = chunk_columns(AccountRows(), [], np.zeros(0))
         none = np.zeros(0, np.int64)
         self._lay_out(empty, none, np.zeros(0, np.int8), none)
 
@@ -248,12 +249,12 @@ class PartitionBook:
         wallets = np.zeros(len(self.ids))
         wallets[: current.cross_wallet.shape[0]] = current.cross_wallet
         fresh = [
-            _columns(chunk, numbers, wallets)
+            chunk_columns(chunk, numbers, wallets)
             for chunk, numbers in zip(chunks, numbered, strict=True)
         ]
-        codes = [_row_codes(chunk, self.brackets) for chunk in chunks]
+        codes = [row_codes(chunk, self.brackets) for chunk in chunks]
         sides = [chunk.column(6, np.int8) for chunk in chunks]
-        columns = _concatenate(current, keep, fresh, wallets)
+        columns = concatenate_columns(current, keep, fresh, wallets)
         self._lay_out(columns, np.concatenate([current_codes[keep], *codes]),
                       np.concatenate([current_sides[keep], *sides]), changed)  # fmt: skip
 
@@ -312,7 +313,7 @@ class PartitionBook:
         self.dirty = np.zeros(self.book.pools, dtype=np.bool_)
         self.full_pass_due = True
         if old_codes.size:
-            found, where = _lookup(old_codes, self.pool_codes)
+            found, where = lookup_codes(old_codes, self.pool_codes)
             self.confirmed_status[found] = old_status[where[found]]
             self.in_episode[found] = old_episode[where[found]]
         if changed.size:
@@ -361,59 +362,6 @@ class PartitionBook:
         return account_id, isolated_pool_name(symbol, SIDES[(within - 1) % 3])
 
 
-def _lookup(
-    old_codes: npt.NDArray[np.int64], new_codes: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
-    """For each new code: whether the old layout had it, and at which old index."""
-    ranked = np.argsort(old_codes)
-    position = np.clip(np.searchsorted(old_codes, new_codes, sorter=ranked), 0, old_codes.size - 1)
-    where = ranked[position]
-    return old_codes[where] == new_codes, where
-
-
-def _columns(
-    chunk: AccountRows, numbers: npt.NDArray[np.int64] | list[int], wallets: batch.FloatArray
-) -> batch.Columns:
-    """A chunk's rows as columns (account numbers from ``numbers``); its cross wallets are
-    written into ``wallets``."""
-    numbers = np.asarray(numbers, dtype=np.int64)
-    wallets[numbers] = chunk.cross_wallet
-    return batch.Columns(
-        account=numbers[chunk.column(0, np.int64)],
-        isolated=chunk.column(1, np.bool_),
-        symbol=chunk.column(2, np.int32),
-        quantity=chunk.column(3, np.float64),
-        entry_price=chunk.column(4, np.float64),
-        isolated_wallet=chunk.column(5, np.float64),
-        cross_wallet=wallets,
-    )
-
-
-def _row_codes(chunk: AccountRows, brackets: batch.BracketArrays) -> npt.NDArray[np.int64]:
-    """Each row's isolated code within its account (0: a cross leg)."""
-    isolated = chunk.column(1, np.bool_)
-    code = 1 + 3 * chunk.column(2, np.int64) + chunk.column(6, np.int64)
-    return np.where(isolated, code, 0)
-
-
 def _code_within(symbol_index: int, side: PositionSide) -> int:
     """An isolated pool's code within its account: ``1 + 3 × symbol index + side index``."""
     return 1 + 3 * symbol_index + SIDES.index(side)
-
-
-def _concatenate(
-    old: batch.Columns, keep: npt.NDArray[np.bool_], fresh: list[batch.Columns],
-    wallets: batch.FloatArray,
-) -> batch.Columns:  # fmt: skip
-    def join(name: str) -> Any:
-        return np.concatenate([getattr(old, name)[keep], *(getattr(f, name) for f in fresh)])
-
-    return batch.Columns(
-        account=join("account"),
-        isolated=join("isolated"),
-        symbol=join("symbol"),
-        quantity=join("quantity"),
-        entry_price=join("entry_price"),
-        isolated_wallet=join("isolated_wallet"),
-        cross_wallet=wallets,
-    )
