@@ -307,3 +307,15 @@ def test_exact_liquidation_price_at_rounded_tier_boundary():
     expected = Decimal(57_950) / Decimal("2.2885")
     assert price is not None
     assert abs(price - expected) <= RATIO_TOLERANCE * expected, (price, expected)
+
+
+@settings(COMMON, max_examples=200)
+@given(market_and_account())
+def test_a_report_without_prices_has_every_other_figure(case):
+    """``with_prices=False``: the same report with liquidation and bankruptcy prices ``None``."""
+    marks, account = case
+    full = evaluate(account, marks)
+    lean = evaluate_account(account, marks, TABLES, THRESHOLDS, with_prices=False)
+    assert lean.cross == full.cross
+    stripped = [replace(p, liquidation_price=None, bankruptcy_price=None) for p in full.positions]
+    assert list(lean.positions) == stripped

@@ -193,7 +193,7 @@ def print_backlog(run: PipelineRun) -> None:
     )
 
 
-def print_memory(samples: Sequence[Sample], book: Book) -> None:
+def print_memory(samples: Sequence[Sample], book: Book, workers: bool = True) -> None:
     if not samples:
         return
     names = list(samples[-1].rss_kib)
@@ -202,7 +202,8 @@ def print_memory(samples: Sequence[Sample], book: Book) -> None:
         "memory (RSS peak / at end): "
         + ", ".join(f"{n} {mib(peaks[n])} / {mib(samples[-1].rss_kib[n])}" for n in names)
     )
-    print_worker_memory(samples, book)
+    if workers:
+        print_worker_memory(samples, book)
     used = max(s.redis_used for s in samples)
     print(
         f"  Redis used_memory peak {used / 2**20:,.0f} MiB (after load "
@@ -249,7 +250,7 @@ def print_naive(ctx: Context, book: Book, run: PipelineRun, naive_run: NaiveRun)
     )
     if done:
         print(f"  keeping up would take {demanded / done:,.0f}x the naive workers' throughput")
-    print_memory(naive_run.samples, book)
+    print_memory(naive_run.samples, book, workers=False)
     print(
         "  CPU: "
         + ", ".join(f"{n} {100 * v:.0f}%" for n, v in cpu_shares(naive_run.samples).items())

@@ -121,8 +121,12 @@ def evaluate_account(
     tables: Mapping[str, BracketTable],
     thresholds: Thresholds,
     venue: Venue = Venue.BINANCE,
+    *,
+    with_prices: bool = True,
 ) -> AccountReport:
-    """Every figure of the contract for one account, exactly."""
+    """Every figure of the contract for one account, exactly; without ``with_prices`` the
+    liquidation and bankruptcy prices are left ``None`` (what a margin call's re-check and its
+    event need costs a fraction of them)."""
     figures = [
         _figures(position, mark_prices[position.symbol], tables[position.symbol])
         for position in account.positions
@@ -130,17 +134,19 @@ def evaluate_account(
     cross_members = [member for member in figures if not member.position.is_isolated]
     cross = _pool_report(account.cross_wallet_balance, cross_members, thresholds)
     reports = tuple(
-        _isolated_report(member, thresholds, venue)
+        _isolated_report(member, thresholds, venue, with_prices)
         if member.position.is_isolated
-        else _cross_report(member, cross_members, cross)
+        else _cross_report(member, cross_members, cross, with_prices)
         for member in figures
     )
     return AccountReport(account, cross, reports)
 
 
 def _cross_report(
-    member: _Figures, cross_members: list[_Figures], cross: PoolReport
+    member: _Figures, cross_members: list[_Figures], cross: PoolReport, with_prices: bool
 ) -> PositionReport:
+    if not with_prices:
+        return _report(member, None, None, cross)
     group = [other for other in cross_members if other.position.symbol == member.position.symbol]
     group_upnl = sum((other.unrealized_pnl for other in group), f.ZERO)
     group_maintenance = sum((other.maintenance_margin for other in group), f.ZERO)
@@ -155,9 +161,13 @@ def _cross_report(
     )
 
 
-def _isolated_report(member: _Figures, thresholds: Thresholds, venue: Venue) -> PositionReport:
+def _isolated_report(
+    member: _Figures, thresholds: Thresholds, venue: Venue, with_prices: bool
+) -> PositionReport:
     wallet = member.position.isolated_wallet
     assert wallet is not None  # guaranteed by Position.__post_init__ for isolated positions
+    if not with_prices:
+        return _report(member, None, None, _pool_report(wallet, [member], thresholds))
     if venue is Venue.BYBIT:
         liquidation = bybit_isolated_liquidation_price(member.leg, wallet)
     else:

@@ -159,7 +159,8 @@ def _pool_at(
     missing (a pool without a position, e.g. liquidated meanwhile, is missing)."""
     if stored is None or any(p.symbol not in marks for p in stored.account.positions):
         return None
-    report = evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue)
+    report = evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue,
+                              with_prices=False)  # fmt: skip
     found = pool_of(report, pool)
     return None if found is None or not found[1] else (report, found[0], found[1])
 
