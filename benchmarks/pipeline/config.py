@@ -9,6 +9,8 @@ from pathlib import Path
 from marginwatch.base import metrics
 
 WORKERS = 2
+# The state Redis persists as docker-compose.yml deploys it (the cluster's nodes do not).
+AOF_AS_DEPLOYED = ("--appendonly", "yes", "--appendfsync", "everysec")
 GOAL_P99_MS = 50.0  # tick -> MARGIN_CALL
 GOAL_LIQUIDATION_P99_MS = 250.0  # tick -> liquidation executed
 GOAL_CASCADE_LIQUIDATION_P99_MS = 10_000.0  # the same through a --cascade

@@ -12,10 +12,11 @@ from typing import Any
 
 import redis
 
+from benchmarks.pipeline.config import AOF_AS_DEPLOYED
 from marginwatch.cli.embedded_redis import start_redis_server
 
 KINDS = ("single", "cluster")
-TITLES = {"single": "single Redis (state and broker)",
+TITLES = {"single": "single Redis (state and broker; AOF, fsync every second)",
           "cluster": "Redis Cluster 3+3 (state) + RabbitMQ (broker)"}  # fmt: skip
 
 
@@ -45,7 +46,7 @@ class Engines:
 
 def start_engines(kind: str) -> Engines:
     if kind == "single":
-        server = start_redis_server()
+        server = start_redis_server(extra_args=AOF_AS_DEPLOYED)
         return Engines(kind, server.url, server.url, [server.url],
                        {"redis": server.process.pid}, [server.stop])  # fmt: skip
     from tests.servers import start_rabbitmq, start_redis_cluster  # noqa: PLC0415 (cluster only)
