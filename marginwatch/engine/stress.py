@@ -1,0 +1,263 @@
+"""A stress scenario over a whole book: the batch screen at the shocked marks, aggregated, and
+the largest contributors to the deficit confirmed exactly.
+
+At the shocked marks ``MP'`` (``engine.scenarios``):
+
+* every pool's status comes from the batch screen (``batch.evaluate_ratios``, one full pass); a
+  pool the screen flags uncertain is decided by the exact path, so every status is the exact
+  one;
+* ``pools_margin_call`` and ``pools_liquidated`` count the pools of status ``margin_call`` and
+  ``liquidation``; ``accounts_liquidated`` the accounts with at least one pool at liquidation;
+* the liquidated notional of a symbol is ``Σ |Q| × MP'`` over the positions of the pools at
+  liquidation;
+* the deficit of a pool at liquidation is ``max(0, −(wallet + Σ UPNL))`` at ``MP'``: what its
+  close-out at mark takes from the insurance fund (``closeout.close_out``: the clearance fee is
+  charged only out of what the pool still holds, so fees never change the deficit, and the
+  fees other close-outs would pay into the fund are not counted). The scenario's deficit is
+  the sum over its pools at liquidation;
+* the fund is exhausted when the deficit is positive and at least the fund
+  (``fund_exhausted``);
+* the largest contributors are the pools of the largest deficits, each evaluated exactly
+  (``exact.evaluate_pool`` and ``closeout.close_out`` in ``Decimal``).
+
+The liquidated notional is a float sum of the screen, given to the cent. The deficit is the
+contributors' exact deficits plus the screen's of the other pools, to the cent: exact when at
+most ``top`` pools are in deficit. The contributors' figures are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+
+import numpy as np
+import numpy.typing as npt
+
+from marginwatch.engine.batch import (
+    BatchResult,
+    Book,
+    BoolArray,
+    BracketArrays,
+    Columns,
+    FloatArray,
+    IntArray,
+    book_from_columns,
+    evaluate_ratios,
+    row_pool,
+)
+from marginwatch.engine.brackets import BracketTable
+from marginwatch.engine.closeout import close_out
+from marginwatch.engine.exact import PoolReport, evaluate_pool
+from marginwatch.engine.kernels import LIQUIDATION_CODE
+from marginwatch.engine.scenarios import Scenario
+from marginwatch.engine.types import Account, Position, Status, Thresholds
+
+MARGIN_CALL_CODE = Status.MARGIN_CALL.severity
+CENT = Decimal("0.01")
+# The screen's largest deficits confirmed exactly per contributor shown: room for pools whose
+# float deficits are within rounding of each other.
+CANDIDATES_PER_SHOWN = 2
+
+
+@dataclass(frozen=True)
+class StressBook:
+    """A book laid out for the screen, with each row's position in its account."""
+
+    book: Book
+    brackets: BracketArrays
+    row_position: IntArray  # per row: the index of its position in its account's positions
+    row_pool: IntArray  # per row: its pool
+
+    @property
+    def accounts(self) -> int:
+        return int(np.count_nonzero(~self.book.pool_isolated))
+
+    @property
+    def held_symbols(self) -> list[str]:
+        """The symbols of the book's positions, in symbol-index order."""
+        return [self.brackets.symbols[s] for s in np.unique(self.book.symbol)]
+
+
+def stress_book(columns: Columns, brackets: BracketArrays) -> StressBook:
+    """Lay out ``columns`` whose rows come account by account (numbers ascending), each
+    account's positions in their order; a row's position index is its rank in its account."""
+    counts = np.bincount(columns.account, minlength=columns.cross_wallet.shape[0])
+    first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    rank = np.arange(columns.account.shape[0], dtype=np.int64) - first[columns.account]
+    book, order = book_from_columns(columns)
+    return StressBook(book, brackets, rank[order], row_pool(book))
+
+
+def warm_up(brackets: BracketArrays | None = None) -> None:
+    """Load the screen's compiled loops (numba) on an empty book, so that a timed run does not
+    count their loading."""
+    tables = brackets or BracketArrays(("X",), np.full((1, 2), np.inf), np.zeros((1, 2)),
+                                       np.zeros((1, 2)), {"X": 0})  # fmt: skip
+    empty = Columns(np.zeros(0, np.int64), np.zeros(0, np.bool_), np.zeros(0, np.int32),
+                    np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))  # fmt: skip
+    book, _order = book_from_columns(empty)
+    evaluate_ratios(book, tables, np.ones(1), Thresholds(), BatchResult.allocate(book))
+
+
+@dataclass(frozen=True)
+class ExactPath:
+    """What deciding a pool exactly needs: its account by number, the bracket tables, the
+    thresholds and each symbol's clearance fee rate."""
+
+    account: Callable[[int], Account]
+    tables: Mapping[str, BracketTable]
+    thresholds: Thresholds
+    fee_rate: Callable[[str], Decimal]
+
+
+@dataclass(frozen=True, slots=True)
+class ExactPool:
+    """One pool at the shocked marks, exactly."""
+
+    pool: int
+    account: Account
+    positions: tuple[Position, ...]
+    isolated: bool
+    report: PoolReport
+    notional: Decimal  # Σ |Q| × MP'
+    deficit: Decimal  # what its close-out at MP' takes from the insurance fund
+
+
+@dataclass(frozen=True)
+class ScenarioOutcome:
+    """One scenario's figures over the book (see the module docstring)."""
+
+    scenario: Scenario
+    moves: Mapping[str, Decimal]
+    pools_margin_call: int
+    pools_liquidated: int
+    accounts_liquidated: int
+    liquidated_notional: Mapping[str, Decimal]  # per symbol with any, to the cent
+    deficit: Decimal  # the contributors' exactly, the other pools' to the cent
+    contributors: tuple[ExactPool, ...]
+
+
+def run_scenario(
+    sb: StressBook,
+    exact: ExactPath,
+    scenario: Scenario,
+    moves: Mapping[str, Decimal],
+    marks: Mapping[str, Decimal],
+    top: int,
+    out: BatchResult,
+) -> ScenarioOutcome:
+    """The scenario's outcome at the shocked ``marks``; ``out`` is the screen's buffer."""
+    floats = sb.brackets.marks_array(marks)
+    evaluate_ratios(sb.book, sb.brackets, floats, exact.thresholds, out)
+    status = decided_status(sb, exact, marks, out)
+    liquidated = status == LIQUIDATION_CODE
+    deficits = pool_deficits(sb.book, out, liquidated)
+    contributors = largest_contributors(sb, exact, marks, deficits, top)
+    return ScenarioOutcome(
+        scenario=scenario,
+        moves=moves,
+        pools_margin_call=int(np.count_nonzero(status == MARGIN_CALL_CODE)),
+        pools_liquidated=int(np.count_nonzero(liquidated)),
+        accounts_liquidated=int(np.unique(sb.book.pool_account[liquidated]).shape[0]),
+        liquidated_notional=liquidated_notional(sb, floats, liquidated),
+        deficit=total_deficit(deficits, contributors),
+        contributors=contributors,
+    )
+
+
+def decided_status(
+    sb: StressBook, exact: ExactPath, marks: Mapping[str, Decimal], out: BatchResult
+) -> npt.NDArray[np.int8]:
+    """The screen's statuses, each uncertain pool's decided by the exact path."""
+    status = out.status.copy()
+    for pool in np.flatnonzero(out.uncertain):
+        status[pool] = exact_pool(sb, exact, marks, int(pool)).report.status.severity
+    return status
+
+
+def pool_deficits(book: Book, out: BatchResult, liquidated: BoolArray) -> FloatArray:
+    """Per pool: ``max(0, −(wallet + Σ UPNL))`` at liquidation, 0 otherwise."""
+    balance = book.pool_wallet + out.upnl
+    return np.where(liquidated, np.maximum(0.0, -balance), 0.0)
+
+
+def total_deficit(deficits: FloatArray, contributors: Sequence[ExactPool]) -> Decimal:
+    """``Σ deficit``: the contributors' exact deficits, plus the screen's of every other pool
+    rounded to the cent (exact when the contributors are every pool in deficit)."""
+    others = deficits.copy()
+    others[[found.pool for found in contributors]] = 0.0
+    rest = to_cent(float(others.sum())) if np.any(others > 0) else Decimal(0)
+    return sum((found.deficit for found in contributors), rest)
+
+
+def liquidated_notional(
+    sb: StressBook, floats: FloatArray, liquidated: BoolArray
+) -> dict[str, Decimal]:
+    """Per symbol: ``Σ |Q| × MP'`` over the rows of the pools at liquidation, to the cent."""
+    rows = liquidated[sb.row_pool]
+    symbol = sb.book.symbol[rows]
+    weights = np.abs(sb.book.quantity[rows]) * floats[symbol]
+    sums = np.bincount(symbol, weights=weights, minlength=len(sb.brackets.symbols))
+    return {sb.brackets.symbols[s]: to_cent(float(sums[s])) for s in np.flatnonzero(sums)}
+
+
+def largest_contributors(
+    sb: StressBook,
+    exact: ExactPath,
+    marks: Mapping[str, Decimal],
+    deficits: FloatArray,
+    top: int,
+) -> tuple[ExactPool, ...]:
+    """The ``top`` pools of the largest exact deficits (then by account id, then pool), among
+    the ``CANDIDATES_PER_SHOWN × top`` largest of the screen."""
+    candidates = largest(deficits, CANDIDATES_PER_SHOWN * top)
+    confirmed = [exact_pool(sb, exact, marks, int(pool)) for pool in candidates]
+    ranked = sorted(
+        (found for found in confirmed if found.deficit > 0),
+        key=lambda found: (-found.deficit, found.account.account_id, found.pool),
+    )
+    return tuple(ranked[:top])
+
+
+def largest(values: FloatArray, count: int) -> IntArray:
+    """The indices of the ``count`` largest positive ``values``, largest first."""
+    positive = np.flatnonzero(values > 0)
+    if count <= 0:
+        return positive[:0]
+    if positive.shape[0] > count:
+        positive = positive[np.argpartition(-values[positive], count - 1)[:count]]
+    return positive[np.argsort(-values[positive], kind="stable")]
+
+
+def exact_pool(
+    sb: StressBook, exact: ExactPath, marks: Mapping[str, Decimal], pool: int
+) -> ExactPool:
+    """A pool evaluated exactly at ``marks``: its status, and its close-out's deficit."""
+    account = exact.account(int(sb.book.pool_account[pool]))
+    positions = pool_positions(sb, account, pool)
+    isolated = bool(sb.book.pool_isolated[pool])
+    wallet = positions[0].isolated_wallet if isolated else account.cross_wallet_balance
+    assert wallet is not None  # an isolated position has its wallet (Position.__post_init__)
+    report = evaluate_pool(wallet, positions, marks, exact.tables, exact.thresholds)
+    closed = close_out(account, positions, dict(marks), exact.fee_rate)
+    notional = sum((abs(p.quantity) * marks[p.symbol] for p in positions), Decimal(0))
+    return ExactPool(pool, account, positions, isolated, report, notional, closed.deficit_covered)
+
+
+def pool_positions(sb: StressBook, account: Account, pool: int) -> tuple[Position, ...]:
+    """The account's cross positions, or the isolated position of the pool."""
+    if not sb.book.pool_isolated[pool]:
+        return tuple(p for p in account.positions if not p.is_isolated)
+    return (account.positions[int(sb.row_position[sb.book.pool_starts[pool]])],)
+
+
+def to_cent(value: float) -> Decimal:
+    """A float sum as a decimal, rounded half-even to the cent."""
+    return Decimal(value).quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+def fund_exhausted(deficit: Decimal, fund: Decimal) -> bool:
+    """Whether the deficit leaves the fund at zero or below: ``deficit > 0`` and
+    ``deficit >= fund``."""
+    return deficit > 0 and deficit >= fund
