@@ -29,37 +29,10 @@ from marginwatch.engine.stress import (
     run_scenario,
     stress_book,
 )
-from marginwatch.engine.types import Account, MarginMode, Position, Status, Thresholds
-from tests.tables import flat
+from marginwatch.engine.types import Account, Position, Status, Thresholds
+from tests.stress_book import BOOK, ISOLATED, MARKS, TABLES
 
 D = Decimal
-# One tier of 1% and no maintenance amount: MM = 1% of the notional, whatever its size.
-TABLES = {"BTCUSDT": flat("BTCUSDT", "0.01"), "ETHUSDT": flat("ETHUSDT", "0.01")}
-MARKS = {"BTCUSDT": D(50_000), "ETHUSDT": D(3_000)}
-CROSS, ISOLATED = MarginMode.CROSS, MarginMode.ISOLATED
-
-
-def cross(symbol: str, quantity: str, entry: int) -> Position:
-    return Position(symbol, D(quantity), D(entry), 20, CROSS)
-
-
-def isolated(symbol: str, quantity: str, entry: int, wallet: str) -> Position:
-    return Position(symbol, D(quantity), D(entry), 5, ISOLATED, isolated_wallet=D(wallet))
-
-
-# alice: one cross pool, long 1 BTC and short 10 ETH on a 9,000 wallet.
-# bob: an isolated long of 0.5 BTC on 5,225 (his cross pool is empty).
-# carol: an isolated short of 2 ETH on 300.
-# dave: a cross long of 0.2 BTC on 2,050.
-# erin: an isolated long of 0.1 BTC on 600 and a cross long of 0.1 BTC on 900.
-BOOK = (
-    Account("alice", D(9_000), (cross("BTCUSDT", "1", 50_000), cross("ETHUSDT", "-10", 3_000))),
-    Account("bob", D(0), (isolated("BTCUSDT", "0.5", 50_000, "5225"),)),
-    Account("carol", D(0), (isolated("ETHUSDT", "-2", 3_000, "300"),)),
-    Account("dave", D(2_050), (cross("BTCUSDT", "0.2", 50_000),)),
-    Account("erin", D(900), (isolated("BTCUSDT", "0.1", 50_000, "600"),
-                             cross("BTCUSDT", "0.1", 50_000))),
-)  # fmt: skip
 
 
 def stress(
@@ -97,25 +70,21 @@ def test_a_btc_crash_on_a_tiny_book() -> None:
     * carol (isolated, ETH): unmoved, MB 300, MM 60, MR 0.2: ok.
     * dave (cross): UPNL 0.2 × −10,000 = −2,000; MB = 2,050 − 2,000 = 50; MM = 1% × 8,000 =
       80; MR = 1.6: liquidation, and no deficit (MB > 0).
-    * erin: isolated UPNL 0.1 × −10,000 = −1,000, MB = 600 − 1,000 = −400: deficit 400;
-      cross MB = 900 − 1,000 = −100: deficit 100. Both pools at liquidation.
+    * erin: isolated UPNL 0.1 × −10,000 = −1,000, MB = 600 − 1,000 = −400: deficit 400; her
+      cross ETH long is unmoved, MB 50 < MM 60: liquidation, no deficit.
 
     Pools at liquidation: alice's, dave's and erin's two (4), of 3 accounts; at margin call:
-    bob's (1). Liquidated notional: BTC (1 + 0.2 + 0.1 + 0.1) × 40,000 = 56,000 and alice's ETH
-    10 × 3,000 = 30,000. Deficit 1,000 + 400 + 100 = 1,500.
+    bob's (1). Liquidated notional: BTC (1 + 0.2 + 0.1) × 40,000 = 52,000; ETH alice's 10 and
+    erin's 2 × 3,000 = 36,000. Deficit 1,000 + 400 = 1,400.
     """
     outcome = stress(BOOK, Scenario.of([Shock("BTCUSDT", D("-0.20"))]))
     assert outcome.scenario.name == "BTCUSDT:-20%"
     assert outcome.moves == {"BTCUSDT": D("-0.20"), "ETHUSDT": 0}
     assert (outcome.pools_margin_call, outcome.pools_liquidated) == (1, 4)
     assert outcome.accounts_liquidated == 3
-    assert outcome.liquidated_notional == {"BTCUSDT": D(56_000), "ETHUSDT": D(30_000)}
-    assert outcome.deficit == D(1_500)
-    assert named(outcome) == [
-        ("alice", "cross", D(1_000)),
-        ("erin", "isolated", D(400)),
-        ("erin", "cross", D(100)),
-    ]
+    assert outcome.liquidated_notional == {"BTCUSDT": D(52_000), "ETHUSDT": D(36_000)}
+    assert outcome.deficit == D(1_400)
+    assert named(outcome) == [("alice", "cross", D(1_000)), ("erin", "isolated", D(400))]
     alice = outcome.contributors[0]
     assert alice.report.margin_balance == D(-1_000)
     assert alice.report.status is Status.LIQUIDATION
@@ -127,10 +96,12 @@ def test_a_symbols_own_shock_overrides_the_star() -> None:
 
     * alice: UPNL −10,000 + (−10 × (2,700 − 3,000) = +3,000); MB = 9,000 − 7,000 = 2,000;
       MM = 400 + 270 = 670; MR = 0.335: ok now.
-    * carol: UPNL −2 × −300 = +600, MB 900: ok. bob, dave and erin hold BTC only: as before.
+    * carol: UPNL −2 × −300 = +600, MB 900: ok. bob and dave hold BTC only: as before.
+    * erin: her isolated BTC as before (deficit 400); cross UPNL 2 × −300 = −600, MB = 50 −
+      600 = −550: deficit 550.
 
-    Pools at liquidation: dave's and erin's two (3, of 2 accounts); deficit 400 + 100 = 500;
-    liquidated notional BTC (0.2 + 0.1 + 0.1) × 40,000 = 16,000, no ETH.
+    Pools at liquidation: dave's and erin's two (3, of 2 accounts); deficit 400 + 550 = 950;
+    liquidated notional BTC (0.2 + 0.1) × 40,000 = 12,000, ETH 2 × 2,700 = 5,400.
     """
     scenario = Scenario.of([Shock("BTCUSDT", D("-0.20")), Shock(ALL, D("-0.10"))])
     outcome = stress(BOOK, scenario)
@@ -138,21 +109,21 @@ def test_a_symbols_own_shock_overrides_the_star() -> None:
     assert outcome.moves == {"BTCUSDT": D("-0.20"), "ETHUSDT": D("-0.10")}
     assert (outcome.pools_margin_call, outcome.pools_liquidated) == (1, 3)
     assert outcome.accounts_liquidated == 2
-    assert outcome.liquidated_notional == {"BTCUSDT": D(16_000)}
-    assert outcome.deficit == D(500)
+    assert outcome.liquidated_notional == {"BTCUSDT": D(12_000), "ETHUSDT": D(5_400)}
+    assert outcome.deficit == D(950)
     everything = stress(BOOK, Scenario.of([Shock(ALL, D("-0.20"))]))
     assert everything.moves == {"BTCUSDT": D("-0.20"), "ETHUSDT": D("-0.20")}
-    # ETH at 2,400 too: alice's short gains 6,000, MB 5,000; carol's 1,200, MB 1,500.
-    assert everything.deficit == D(500)
-    assert everything.pools_liquidated == 3
+    # ETH at 2,400 too: alice's short gains 6,000 (MB 5,000), erin's cross long loses 1,200.
+    assert everything.deficit == D(400 + 1_150)
+    assert named(everything) == [("erin", "cross", D(1_150)), ("erin", "isolated", D(400))]
 
 
 def test_the_deficit_beyond_the_contributors_comes_from_the_screen() -> None:
-    """With one contributor shown, alice's 1,000 is exact and erin's 400 + 100 come from the
-    screen, to the cent: 1,500.00 all the same."""
+    """With one contributor shown, alice's 1,000 is exact and erin's 400 comes from the
+    screen, to the cent: 1,400.00 all the same."""
     outcome = stress(BOOK, Scenario.of([Shock("BTCUSDT", D("-0.20"))]), top=1)
     assert named(outcome) == [("alice", "cross", D(1_000))]
-    assert outcome.deficit == D("1500.00")
+    assert outcome.deficit == D("1400.00")
 
 
 def test_a_pool_the_floats_misjudge_is_decided_exactly() -> None:
@@ -239,7 +210,7 @@ def test_the_fund_is_exhausted_when_the_deficit_leaves_it_at_zero_or_below(
 
 def test_rows_know_their_position_in_the_account() -> None:
     """erin's isolated position is her first, her cross one her second: the layout puts cross
-    legs first, and each row still names its position."""
+    legs first, and each row still names its position (the exact path takes that one)."""
     brackets = BracketArrays.from_tables(TABLES, sorted(TABLES))
     book = stress_book(columns_of(BOOK, brackets), brackets)
     erin = np.flatnonzero(book.book.pool_account == 4)
