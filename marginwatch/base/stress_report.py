@@ -1,0 +1,163 @@
+"""What ``marginwatch stress`` prints: a table (a line per scenario) or the JSON document.
+
+The document (``--json``)::
+
+    {"read_at": ..., "newest_tick": ..., "consistent": "one read per partition",
+     "read_seconds": "0.412", "scenario_seconds": "1.207",
+     "scenarios": [{"name": "*:-20%", "shocks": {"BTCUSDT": "-0.20"},
+                    "pools_margin_call": 3, "pools_liquidated": 2, "accounts_liquidated": 2,
+                    "liquidated_notional": {"BTCUSDT": "80700.6"}, "deficit": "5.6",
+                    "insurance_fund": "1000", "fund_exhausted": false,
+                    "largest_contributors": [{"account_id": ..., "pool": "cross", ...}]}]}
+
+Counts are integers, money and moves decimal strings: moves exactly as given (``-0.20``),
+money as the evaluation report writes it (``base.report.decimal_string``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from marginwatch.base.pools import CROSS_POOL, isolated_pool
+from marginwatch.base.report import decimal_string
+from marginwatch.engine.stress import ExactPool, ScenarioOutcome, fund_exhausted
+
+SECONDS_FORMAT = ".3f"
+_COLUMNS = (
+    ("scenario", "<24"),
+    ("margin call", ">11"),
+    ("liquidated", ">10"),
+    ("accounts", ">8"),
+    ("liquidated notional", ">19"),
+    ("deficit", ">16"),
+    ("fund exhausted", ">14"),
+)
+
+
+@dataclass(frozen=True)
+class StressRun:
+    """How the book was read and how long the run took; ``newest_tick``: ``None`` for a
+    snapshot."""
+
+    read_at: str
+    newest_tick: str | None
+    consistent: str
+    read_seconds: float
+    scenario_seconds: float
+    fund: Decimal
+    accounts: int
+    pools: int
+    positions: int
+
+
+def money(value: Decimal) -> str:
+    """A money amount as the report writes it (cut toward zero to 8 decimals)."""
+    text = decimal_string(value)
+    assert text is not None  # a value gives a string
+    return text
+
+
+def stress_document(run: StressRun, outcomes: Sequence[ScenarioOutcome]) -> dict[str, Any]:
+    """The ``--json`` document (the module docstring's contract)."""
+    return {
+        "read_at": run.read_at,
+        "newest_tick": run.newest_tick,
+        "consistent": run.consistent,
+        "read_seconds": format(run.read_seconds, SECONDS_FORMAT),
+        "scenario_seconds": format(run.scenario_seconds, SECONDS_FORMAT),
+        "scenarios": [scenario_document(outcome, run.fund) for outcome in outcomes],
+    }
+
+
+def scenario_document(outcome: ScenarioOutcome, fund: Decimal) -> dict[str, Any]:
+    """One scenario's entry."""
+    return {
+        "name": outcome.scenario.name,
+        "shocks": {symbol: f"{move:f}" for symbol, move in sorted(outcome.moves.items())},
+        "pools_margin_call": outcome.pools_margin_call,
+        "pools_liquidated": outcome.pools_liquidated,
+        "accounts_liquidated": outcome.accounts_liquidated,
+        "liquidated_notional": {
+            s: money(v) for s, v in sorted(outcome.liquidated_notional.items())
+        },
+        "deficit": money(outcome.deficit),
+        "insurance_fund": money(fund),
+        "fund_exhausted": fund_exhausted(outcome.deficit, fund),
+        "largest_contributors": [contributor_document(found) for found in outcome.contributors],
+    }
+
+
+def contributor_document(found: ExactPool) -> dict[str, Any]:
+    """One of the largest contributors, exactly."""
+    report = found.report
+    return {
+        "account_id": found.account.account_id,
+        "pool": pool_name(found),
+        "status": report.status.value,
+        "wallet_balance": money(report.wallet_balance),
+        "unrealized_pnl": money(report.unrealized_pnl),
+        "margin_balance": money(report.margin_balance),
+        "notional": money(found.notional),
+        "deficit": money(found.deficit),
+    }
+
+
+def pool_name(found: ExactPool) -> str:
+    """``cross`` or ``isolated:SYMBOL:SIDE``."""
+    return isolated_pool(found.positions[0]) if found.isolated else CROSS_POOL
+
+
+def stress_table(run: StressRun, outcomes: Sequence[ScenarioOutcome]) -> str:
+    """The book, a line per scenario, the times, and the worst scenario's contributors."""
+    lines = [book_line(run), "", _row([name for name, _ in _COLUMNS])]
+    lines += [_row(scenario_cells(outcome, run.fund)) for outcome in outcomes]
+    seconds = format(run.scenario_seconds, SECONDS_FORMAT)
+    lines += ["", f"read the book in {format(run.read_seconds, SECONDS_FORMAT)} s; "
+              f"ran {len(outcomes)} scenarios in {seconds} s"]  # fmt: skip
+    return "\n".join(lines + contributor_lines(outcomes)) + "\n"
+
+
+def book_line(run: StressRun) -> str:
+    """What was read, how consistently, with which marks and fund."""
+    marks = f"newest tick {run.newest_tick}" if run.newest_tick else "the snapshot's marks"
+    return (
+        f"book: {run.accounts:,} accounts, {run.pools:,} pools, {run.positions:,} positions "
+        f"({run.consistent}, read at {run.read_at}); {marks}; "
+        f"insurance fund {format(run.fund, ',')} USDT"
+    )
+
+
+def scenario_cells(outcome: ScenarioOutcome, fund: Decimal) -> list[str]:
+    """One scenario's cells, in ``_COLUMNS`` order."""
+    notional = sum(outcome.liquidated_notional.values(), Decimal(0))
+    return [
+        outcome.scenario.name,
+        f"{outcome.pools_margin_call:,}",
+        f"{outcome.pools_liquidated:,}",
+        f"{outcome.accounts_liquidated:,}",
+        format(notional, ",.2f"),
+        format(outcome.deficit, ",.2f"),
+        "yes" if fund_exhausted(outcome.deficit, fund) else "no",
+    ]
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "  ".join(format(cell, spec) for cell, (_, spec) in zip(cells, _COLUMNS, strict=True))
+
+
+def contributor_lines(outcomes: Sequence[ScenarioOutcome]) -> list[str]:
+    """The largest contributors of the scenario of the largest deficit (none without one)."""
+    worst = max(outcomes, key=lambda outcome: outcome.deficit, default=None)
+    if worst is None or not worst.contributors:
+        return []
+    lines = ["", f"largest contributors to the deficit of {worst.scenario.name} (exact):"]
+    for found in worst.contributors:
+        lines.append(
+            f"  {found.account.account_id:<24} {pool_name(found):<28} "
+            f"margin balance {money(found.report.margin_balance):>18}  "
+            f"deficit {money(found.deficit):>16}"
+        )
+    return lines
