@@ -25,6 +25,7 @@ SETTINGS_COMMANDS = {
     "executor": ["executor"],
     "producer": ["producer", "--duration", "1"],
     "status": ["status"],
+    "stress": ["stress", "--shock", "*:-10%"],
     "migrate": ["migrate"],
     "demo": ["demo", "--duration", "1", "--metrics-port-base", "0"],
     "config": ["config"],
@@ -32,7 +33,9 @@ SETTINGS_COMMANDS = {
 # Every command that talks to Redis.
 REDIS_COMMANDS = sorted(set(SETTINGS_COMMANDS) - {"config"})
 # The commands that read the brackets file (the worker and the executor after reaching Redis).
-BRACKETS_COMMANDS = ("accounts load", "accounts load jsonl", "worker", "executor", "producer")
+BRACKETS_COMMANDS = (
+    "accounts load", "accounts load jsonl", "worker", "executor", "producer", "stress"
+)  # fmt: skip
 
 
 def marginwatch(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -119,8 +122,9 @@ def test_a_brackets_file_that_is_not_json_is_one_line(tmp_path: Path) -> None:
             "{missing}: cannot read (No such file or directory)",
         ),
         (["producer", "--source", "replay", "--file", "{missing}"], "--file: {missing}: "),
+        (["stress", "--snapshot", "{missing}", "--shock", "*:-1%"], "--snapshot: {missing}: "),
     ],
-    ids=["evaluate", "accounts load", "accounts load jsonl", "producer replay"],
+    ids=["evaluate", "accounts load", "accounts load jsonl", "producer replay", "stress"],
 )
 def test_a_missing_file_argument_is_one_line_naming_the_path(
     args: list[str], named: str, tmp_path: Path
@@ -130,3 +134,19 @@ def test_a_missing_file_argument_is_one_line_naming_the_path(
     result = marginwatch(*(arg.format(missing=missing) for arg in args),
                          redis_url="redis://127.0.0.1:1/0")  # fmt: skip
     assert one_line(result, 2).startswith(named.format(missing=missing))
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--grid", "-30%:30%"], "--grid: '-30%:30%': expected START%:STOP%:STEP%, e.g. "),
+        (["--shock", "BTCUSDT:-20"], "--shock: 'BTCUSDT:-20': expected SYMBOL:MOVE% or "),
+    ],
+    ids=["grid", "shock"],
+)
+def test_a_bad_stress_option_is_one_line_naming_it_and_its_format(
+    args: list[str], named: str
+) -> None:
+    """A scenario option that cannot be read: exit 2, the option and its format named."""
+    result = marginwatch("stress", "--snapshot", str(EXAMPLE), *args)
+    assert one_line(result, 2).startswith(named)

@@ -14,6 +14,7 @@ from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.report import ReportModel, render_report
 from marginwatch.base.settings import LOG_LEVELS, Settings, read_settings
 from marginwatch.base.snapshot import SnapshotError, SnapshotModel, parse_snapshot
+from marginwatch.base.stress_specs import SNAPSHOT_INSURANCE_FUND, attach_negative_values
 from marginwatch.cli.config import print_config
 from marginwatch.cli.errors import InputError, report
 from marginwatch.engine.brackets import BracketTableError, load_bracket_file
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     producer = commands.add_parser("producer", help="publish mark-price ticks")
     add_producer_arguments(producer)
+    _add_stress(commands)
     status = commands.add_parser("status", help="live ratios and liquidation prices")
     status.add_argument("account", nargs="?", help="one account (default: the riskiest)")
     commands.add_parser(
@@ -95,6 +97,36 @@ def _parser() -> argparse.ArgumentParser:
         help="the children serve metrics on this port and the next three (0: none)",
     )
     return parser
+
+
+def _add_stress(commands: Any) -> None:
+    """``marginwatch stress``: its options as strings, read by ``base.stress_specs``."""
+    stress = commands.add_parser("stress", help="the book under price shocks (live or a snapshot)")
+    stress.add_argument(
+        "--shock",
+        action="append",
+        metavar="SYMBOL:MOVE%",
+        help="a shock of the scenario, repeatable: BTCUSDT:-20%%, '*:-10%%'",
+    )
+    stress.add_argument(
+        "--grid",
+        metavar="START%:STOP%:STEP%",
+        help="one scenario per step on every symbol: -30%%:30%%:5%%",
+    )
+    stress.add_argument(
+        "--beta",
+        action="append",
+        metavar="FILE|SYMBOL=BETA",
+        help='betas to the base symbol: a JSON file {"ETHUSDT": 1.2} or ETHUSDT=1.2',
+    )
+    stress.add_argument("--beta-base", metavar="SYMBOL", help="default: the first --shock's")
+    stress.add_argument("--snapshot", metavar="FILE", help="a snapshot instead of the live book")
+    stress.add_argument(
+        "--insurance-fund",
+        metavar="AMOUNT",
+        help=f"with --snapshot: the fund in USDT (default {SNAPSHOT_INSURANCE_FUND})",
+    )
+    stress.add_argument("--json", action="store_true", help="the JSON document instead of a table")
 
 
 def _read(path: str, stdin: TextIO) -> str:
@@ -161,7 +193,8 @@ def _run_service(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status. An error a user can cause
     is one line on stderr (``marginwatch.cli.errors``), never a traceback."""
-    args = _parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(attach_negative_values(given))
     settings: Settings | None = None
     try:
         if args.command in LOCAL_COMMANDS:

@@ -1,6 +1,6 @@
 """The commands that read settings: ``accounts load``, ``worker``, ``executor``, ``producer``,
-``status``, ``migrate`` and ``demo``, given the settings ``marginwatch.cli.main`` read once.
-Errors are reported there."""
+``status``, ``stress``, ``migrate`` and ``demo``, given the settings ``marginwatch.cli.main``
+read once. Errors are reported there."""
 
 from __future__ import annotations
 
@@ -47,15 +47,26 @@ def run(
         return run_producer(args, settings, set(bracket_tables(settings)))
     elif command == "migrate":
         return migrate_keys(settings, stdout)
-    elif command == "status":
-        from marginwatch.cli.status import print_status  # noqa: PLC0415 (only this command)
-
-        return print_status(settings, args.account, stdout)
+    elif command in {"status", "stress"}:
+        return report_command(args, settings, stdout, stderr)
     elif command == "demo":
         from marginwatch.cli.demo import run_demo  # noqa: PLC0415 (only this command)
 
         return run_demo(settings, args.accounts, args.duration, stdout, args.metrics_port_base)
     return EXIT_OK
+
+
+def report_command(
+    args: argparse.Namespace, settings: Settings, stdout: TextIO, stderr: TextIO
+) -> int:
+    """``status`` or ``stress``: commands that read the book and print a report."""
+    if args.command == "status":
+        from marginwatch.cli.status import print_status  # noqa: PLC0415 (only this command)
+
+        return print_status(settings, args.account, stdout)
+    from marginwatch.cli.stress import run_stress  # noqa: PLC0415 (only this command)
+
+    return run_stress(args, settings, stdout, stderr)
 
 
 def migrate_keys(settings: Settings, stdout: TextIO) -> int:
