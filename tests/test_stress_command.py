@@ -215,12 +215,18 @@ def test_a_missing_snapshot_is_named(
 
 
 def test_progress_lines_come_at_most_once_a_second() -> None:
-    """A run past a second says how far it got, on stderr, no more than once a second."""
-    clock = iter([0.0, 0.5, 1.2, 1.9, 2.3]).__next__
+    """A step past a second says how far it got, on stderr, no more than once a second; a new
+    step starts its second again."""
+    clock = iter([0.0, 0.5, 1.2, 1.9, 2.3, 2.5, 3.0, 3.6]).__next__
     stream = io.StringIO()
     progress = Progress(stream, clock)
     for number in range(1, 5):
-        progress.note(f"scenario {number} of 4 done")
-    assert stream.getvalue() == (
-        "marginwatch stress: scenario 2 of 4 done\nmarginwatch stress: scenario 4 of 4 done\n"
-    )
+        progress.note(f"read partition {number} of 4")
+    progress.restart()  # at 2.5
+    progress.note("scenario 1 of 2 done")  # at 3.0
+    progress.note("scenario 2 of 2 done")  # at 3.6
+    assert stream.getvalue().splitlines() == [
+        "marginwatch stress: read partition 2 of 4",
+        "marginwatch stress: read partition 4 of 4",
+        "marginwatch stress: scenario 2 of 2 done",
+    ]

@@ -84,12 +84,16 @@ class Prepared:
 
 
 class Progress:
-    """Progress lines on stderr, at most one per ``every`` seconds, the first after it: a
-    short run prints none."""
+    """Progress lines on stderr, at most one per ``PROGRESS_EVERY_SECONDS``, the first that
+    long after the start of a step (the read, the scenarios): a short step prints none."""
 
     def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream, self.clock = stream, clock
-        self.due_at = clock() + PROGRESS_EVERY_SECONDS
+        self.restart()
+
+    def restart(self) -> None:
+        """A new step starts: its first line is due ``PROGRESS_EVERY_SECONDS`` from now."""
+        self.due_at = self.clock() + PROGRESS_EVERY_SECONDS
 
     def note(self, text: str) -> None:
         now = self.clock()
@@ -230,6 +234,7 @@ def run_all(
     loaded: Loaded, prepared: Sequence[Prepared], progress: Progress
 ) -> list[ScenarioOutcome]:
     """Every scenario in turn, over one buffer of the screen."""
+    progress.restart()
     out = BatchResult.allocate(loaded.book.book)
     outcomes = []
     for number, item in enumerate(prepared, start=1):
