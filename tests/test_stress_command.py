@@ -84,8 +84,14 @@ def test_the_json_contract_on_a_snapshot(tmp_path: Path) -> None:
 
 
 def test_a_fund_above_the_deficit_is_not_exhausted(tmp_path: Path) -> None:
-    """1,400.01 covers the deficit of 1,400 and keeps a cent."""
+    """1,400.01 covers the deficit of 1,400 and keeps a cent; at 0% nothing moves (``0``)."""
     snapshot = write_snapshot(tmp_path / "book.json")
+    found = document(stress("--snapshot", str(snapshot), "--grid", "-20%:0%:20%",
+                            "--insurance-fund", "1400.01", "--json"))  # fmt: skip
+    crash, still = found["scenarios"]
+    assert (crash["deficit"], crash["fund_exhausted"]) == ("1550", True)  # ETH −20% too
+    assert still["shocks"] == {"BTCUSDT": "0", "ETHUSDT": "0"}
+    assert (still["deficit"], still["fund_exhausted"]) == ("0", False)
     found = document(stress("--snapshot", str(snapshot), "--shock", "BTCUSDT:-20%",
                             "--insurance-fund", "1400.01", "--json"))  # fmt: skip
     assert found["scenarios"][0]["fund_exhausted"] is False
@@ -101,6 +107,8 @@ def test_a_grid_is_a_table_line_per_step_with_both_times(tmp_path: Path) -> None
     lines = result.stdout.splitlines()
     header = next(n for n, line in enumerate(lines) if line.startswith("scenario "))
     names = [line.split()[0] for line in lines[header + 1 : header + 14]]
+    # *:0%: only erin's cross pool, at liquidation already (MB 50 < MM 60), 2 ETH × 3,000.
+    assert lines[header + 7].split()[1:] == ["0", "1", "1", "6,000.00", "0.00", "no"]
     assert names == [f"*:{m:+d}%".replace("+0%", "0%") for m in range(-30, 31, 5)]
     assert lines[header + 14] == ""
     assert "(one snapshot, read at " in lines[0]

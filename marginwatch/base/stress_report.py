@@ -10,8 +10,8 @@ The document (``--json``)::
                     "insurance_fund": "1000", "fund_exhausted": false,
                     "largest_contributors": [{"account_id": ..., "pool": "cross", ...}]}]}
 
-Counts are integers, money and moves decimal strings: moves exactly as given (``-0.20``),
-money as the evaluation report writes it (``base.report.decimal_string``).
+Counts are integers, money and moves decimal strings: moves exactly as given (``-0.20``; ``0``
+when unmoved), money as the evaluation report writes it (``base.report.decimal_string``).
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ def money(value: Decimal) -> str:
     return text
 
 
+def move_text(move: Decimal) -> str:
+    """A move as given (``-0.20``); ``0`` for an unmoved symbol, whatever its exponent."""
+    return f"{move:f}" if move else "0"
+
+
 def stress_document(run: StressRun, outcomes: Sequence[ScenarioOutcome]) -> dict[str, Any]:
     """The ``--json`` document (the module docstring's contract)."""
     return {
@@ -76,7 +81,7 @@ def scenario_document(outcome: ScenarioOutcome, fund: Decimal) -> dict[str, Any]
     """One scenario's entry."""
     return {
         "name": outcome.scenario.name,
-        "shocks": {symbol: f"{move:f}" for symbol, move in sorted(outcome.moves.items())},
+        "shocks": {symbol: move_text(move) for symbol, move in sorted(outcome.moves.items())},
         "pools_margin_call": outcome.pools_margin_call,
         "pools_liquidated": outcome.pools_liquidated,
         "accounts_liquidated": outcome.accounts_liquidated,
