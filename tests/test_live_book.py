@@ -50,14 +50,17 @@ def test_the_live_book_is_what_was_stored_with_the_ledgers_summed(
     assert seen == [0, 1, 2, 3]
     by_id = {a.account_id: a for a in ACCOUNTS}
     order = sorted(by_id, key=lambda i: (partition_of(i, PARTITIONS), i))
-    assert book.rows.account_ids == order
+    assert book.account_ids == order
     assert [book.account(n) for n in range(len(order))] == [by_id[i] for i in order]
-    expected_rows = [row for n, i in enumerate(order) for row in domain_rows(n, by_id[i], INDEX)[1]]
-    assert book.rows.rows == expected_rows
-    assert book.fund == D("1210.5")
+    assert len(book.parts) == PARTITIONS
+    expected = [row for n, i in enumerate(order) for row in domain_rows(n, by_id[i], INDEX)[1]]
     columns = book.columns()
+    found = zip(columns.account.tolist(), columns.isolated.tolist(), columns.symbol.tolist(),
+                columns.quantity.tolist(), columns.entry_price.tolist(),
+                columns.isolated_wallet.tolist(), strict=True)  # fmt: skip
+    assert list(found) == [row[:6] for row in expected]
     assert columns.cross_wallet.tolist() == [float(by_id[i].cross_wallet_balance) for i in order]
-    assert columns.isolated.tolist() == [False, True] * len(order)
+    assert book.fund == D("1210.5")
 
 
 def test_accounts_changed_during_the_read_are_read_again(redis_client: redis.Redis) -> None:

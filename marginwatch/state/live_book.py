@@ -1,5 +1,5 @@
-"""The whole live book, read for a stress run: every partition's accounts as rows, each
-partition as of one moment, and the insurance fund.
+"""The whole live book, read for a stress run: every partition's accounts as the batch path's
+columns, each partition as of one moment, and the insurance fund.
 
 A partition is read in three steps:
 
@@ -48,11 +48,13 @@ States = dict[str, tuple[bytes | None, bytes]]  # account id -> (version, state)
 
 @dataclass
 class LiveBook:
-    """Every partition's accounts as rows (account numbers in read order), their stored
-    states, and the insurance fund (the sum of the ledgers read with them)."""
+    """Every partition's accounts (numbered in read order) as the batch path's columns, one
+    part per partition, with their stored states and the insurance fund (the sum of the
+    ledgers read with them). No Python object per position outlives its partition's read."""
 
-    rows: AccountRows = field(default_factory=AccountRows)
+    account_ids: list[str] = field(default_factory=list)  # per account number
     states: list[bytes] = field(default_factory=list)  # per account number
+    parts: list[Columns] = field(default_factory=list)  # per partition
     fund: Decimal = Decimal(0)
 
     def account(self, number: int) -> Account:
@@ -60,17 +62,31 @@ class LiveBook:
         return account_from_json(self.states[number])
 
     def columns(self) -> Columns:
-        """The rows as the batch path's columns (account by account, in read order)."""
-        rows = self.rows
-        return Columns(
-            account=rows.column(0, np.int64),
-            isolated=rows.column(1, np.bool_),
-            symbol=rows.column(2, np.int32),
-            quantity=rows.column(3, np.float64),
-            entry_price=rows.column(4, np.float64),
-            isolated_wallet=rows.column(5, np.float64),
-            cross_wallet=np.array(rows.cross_wallet, dtype=np.float64),
-        )
+        """Every part's columns, joined (account by account, in read order)."""
+
+        def join(name: str) -> Any:
+            return np.concatenate([getattr(part, name) for part in self.parts] or [np.zeros(0)])
+
+        kinds = {"account": np.int64, "isolated": np.bool_, "symbol": np.int32}
+        joined = {name: join(name).astype(kinds.get(name, np.float64)) for name in _COLUMNS}
+        return Columns(**joined)
+
+
+_COLUMNS = ("account", "isolated", "symbol", "quantity", "entry_price", "isolated_wallet",
+            "cross_wallet")  # fmt: skip
+
+
+def rows_columns(rows: AccountRows, first: int) -> Columns:
+    """A partition's rows as columns, its accounts numbered from ``first``."""
+    return Columns(
+        account=rows.column(0, np.int64) + first,
+        isolated=rows.column(1, np.bool_),
+        symbol=rows.column(2, np.int32),
+        quantity=rows.column(3, np.float64),
+        entry_price=rows.column(4, np.float64),
+        isolated_wallet=rows.column(5, np.float64),
+        cross_wallet=np.array(rows.cross_wallet, dtype=np.float64),
+    )
 
 
 def check_partition_count(client: redis.Redis, partitions: int) -> None:
@@ -173,11 +189,14 @@ def catch_up(client: redis.Redis, partition: int, after: str, states: States) ->
 def add_states(
     found: LiveBook, states: States, symbol_index: Mapping[str, int], bad: BadRecords | None
 ) -> None:
-    """Append each state's rows (by ``account_rows.add_account``; corrupt ones reported and
-    left out) and keep the state of each account taken."""
+    """Add a partition's accounts: their rows (by ``account_rows.add_account``; corrupt ones
+    reported and left out) as one part of columns, and the state of each account taken."""
+    rows = AccountRows()
     for account_id in sorted(states):
         version, state = states[account_id]
-        before = len(found.rows)
-        add_account(found.rows, account_id, version, state, symbol_index, bad)
-        if len(found.rows) > before:
+        before = len(rows)
+        add_account(rows, account_id, version, state, symbol_index, bad)
+        if len(rows) > before:
             found.states.append(state)
+    found.parts.append(rows_columns(rows, len(found.account_ids)))
+    found.account_ids += rows.account_ids
