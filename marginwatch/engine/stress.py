@@ -89,11 +89,11 @@ def stress_book(columns: Columns, brackets: BracketArrays) -> StressBook:
     return StressBook(book, brackets, rank[order], row_pool(book))
 
 
-def warm_up(brackets: BracketArrays | None = None) -> None:
+def warm_up() -> None:
     """Load the screen's compiled loops (numba) on an empty book, so that a timed run does not
     count their loading."""
-    tables = brackets or BracketArrays(("X",), np.full((1, 2), np.inf), np.zeros((1, 2)),
-                                       np.zeros((1, 2)), {"X": 0})  # fmt: skip
+    tables = BracketArrays(("X",), np.full((1, 2), np.inf), np.zeros((1, 2)), np.zeros((1, 2)),
+                           {"X": 0})  # fmt: skip
     empty = Columns(np.zeros(0, np.int64), np.zeros(0, np.bool_), np.zeros(0, np.int32),
                     np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))  # fmt: skip
     book, _order = book_from_columns(empty)
