@@ -171,18 +171,20 @@ def live_book(settings: Settings, tables: Mapping[str, BracketTable], progress: 
     client = open_redis(redis_url(settings))
     check_partition_count(client, settings.partitions)
     brackets = BracketArrays.from_tables(tables, sorted(tables))
-    count = settings.partitions
-
-    def read(partition: int) -> None:
-        progress.note(f"read partition {partition + 1} of {count}")
-
-    live = read_live_book(client, count, brackets.index, read)
+    live = read_live_book(
+        client, settings.partitions, brackets.index, partition_read(progress, settings.partitions)
+    )
     ticks = read_ticks(client)
     book = stress_book(live.columns(), brackets)
     marks = {symbol: tick.mark_price for symbol, tick in ticks.items()}
     require_marks(book, marks)
     exact = exact_path(settings, tables, live.account)
     return Loaded(book, exact, marks, live.fund, newest_tick(ticks), LIVE_CONSISTENCY)
+
+
+def partition_read(progress: Progress, partitions: int) -> Callable[[int], None]:
+    """What to tell ``progress`` once a partition is read."""
+    return lambda partition: progress.note(f"read partition {partition + 1} of {partitions}")
 
 
 def exact_path(

@@ -170,12 +170,7 @@ def catch_up(client: redis.Redis, partition: int, after: str, states: States) ->
     change to an account it did not read; the partition's ledger as of that transaction."""
     stale: list[str] = []
     for _ in range(CATCH_UP_ROUNDS):
-        pipe = client.pipeline(transaction=True)
-        for account_id in stale:
-            pipe.hmget(keys.account(partition, account_id), ["version", "state"])
-        pipe.xrange(keys.partition_changes(partition), min=f"({after}", max="+")
-        pipe.get(keys.insurance_fund(partition))
-        *replies, entries, ledger = pipe.execute()
+        replies, entries, ledger = catch_up_round(client, partition, stale, after)
         keep(states, stale, replies)
         after = entries[-1][0].decode() if entries else after
         stale = sorted({fields[b"account"].decode() for _id, fields in entries} - set(stale))
@@ -184,6 +179,20 @@ def catch_up(client: redis.Redis, partition: int, after: str, states: States) ->
     raise ConfigurationError(
         f"partition {partition}: still changing after {CATCH_UP_ROUNDS} reads; run again"
     )
+
+
+def catch_up_round(
+    client: redis.Redis, partition: int, account_ids: Sequence[str], after: str
+) -> tuple[list[Any], list[Any], bytes | None]:
+    """In one transaction: the accounts' ``[version, state]``, the change-stream entries after
+    ``after``, and the partition's ledger."""
+    pipe = client.pipeline(transaction=True)
+    for account_id in account_ids:
+        pipe.hmget(keys.account(partition, account_id), ["version", "state"])
+    pipe.xrange(keys.partition_changes(partition), min=f"({after}", max="+")
+    pipe.get(keys.insurance_fund(partition))
+    *replies, entries, ledger = pipe.execute()
+    return replies, entries, ledger
 
 
 def add_states(
