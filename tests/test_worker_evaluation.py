@@ -29,7 +29,11 @@ from marginwatch.worker.evaluation import (
     record_due,
     select_candidates,
 )
-from marginwatch.worker.partition import FULL_PASS_INTERVAL_SECONDS, PartitionBook
+from marginwatch.worker.partition import (
+    CODES_LOOKED_UP_ONE_BY_ONE,
+    FULL_PASS_INTERVAL_SECONDS,
+    PartitionBook,
+)
 
 D = Decimal
 SETTINGS = Settings(redis_url="unused", partitions=1)
@@ -371,3 +375,16 @@ def test_a_change_that_keeps_the_shape_is_written_in_place(redis_client: redis.R
     assert book.pool_key(
         int(book.symbol_pools.pools_of(np.array([book.brackets.index["ETHUSDT"]]))[0])
     ) == ("E", "cross")
+
+
+def test_pools_are_found_by_code_one_by_one_or_all_at_once(redis_client: redis.Redis) -> None:
+    """A few codes looked up account by account, and many with one isin, mark the same pools;
+    codes of no pool of the book, and None, mark nothing."""
+    eth = Position("ETHUSDT", D(1), D(2500), 10, MarginMode.ISOLATED, isolated_wallet=D(300))
+    store_accounts(redis_client, [Account(f"a{n}", D(100), (*ACCOUNT.positions, eth))
+                                  for n in range(3)], partitions=1)  # fmt: skip
+    book = loaded(redis_client)
+    wanted = [int(book.pool_codes[1]), int(book.pool_codes[4]), 10**12, None]
+    few = book.pools_mask(wanted)
+    many = book.pools_mask(wanted * (CODES_LOOKED_UP_ONE_BY_ONE // 2))
+    assert few.tolist() == many.tolist() == [False, True, False, False, True, False]

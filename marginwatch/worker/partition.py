@@ -60,6 +60,7 @@ UNKNOWN_STATUS = -1
 TRIM_CHECK_INTERVAL_SECONDS = 1.0
 FULL_PASS_INTERVAL_SECONDS = 10.0
 LOAD_CHUNK = 50_000
+CODES_LOOKED_UP_ONE_BY_ONE = 2_000  # past this, one isin over every pool costs less
 
 PoolKey = tuple[str, str]  # (account id, pool name)
 
@@ -152,19 +153,24 @@ class PartitionBook:
 
     def pools_mask(self, codes: Iterable[int | None]) -> npt.NDArray[np.bool_]:
         """Per pool of this layout: whether its code is among ``codes`` (``None`` and codes
-        not in the book are ignored). Each code is looked up among its account's pools only,
-        so the cost grows with the codes, not with the book."""
+        not in the book are ignored). A few codes are each looked up among their account's
+        pools only (the cost grows with the codes, not the book); many, with one ``isin``."""
+        known = [code for code in codes if code is not None]
+        if len(known) > CODES_LOOKED_UP_ONE_BY_ONE:
+            return np.isin(self.pool_codes, np.array(known, dtype=np.int64))
         mask = np.zeros(self.book.pools, dtype=np.bool_)
-        accounts = self.cross_pools.shape[0]
-        for code in codes:
-            number = -1 if code is None else code // self.code_stride
-            if 0 <= number < accounts:
-                stop = (
-                    int(self.cross_pools[number + 1]) if number + 1 < accounts else self.book.pools
-                )
-                pools = self.pool_codes[int(self.cross_pools[number]) : stop]
-                mask[int(self.cross_pools[number]) + np.flatnonzero(pools == code)] = True
+        for code in known:
+            pools = self._account_pools(code // self.code_stride)
+            mask[pools.start + np.flatnonzero(self.pool_codes[pools] == code)] = True
         return mask
+
+    def _account_pools(self, number: int) -> range:
+        """The pools of account ``number`` in this layout (empty if it has none)."""
+        accounts = self.cross_pools.shape[0]
+        if not 0 <= number < accounts:
+            return range(0)
+        stop = int(self.cross_pools[number + 1]) if number + 1 < accounts else self.book.pools
+        return range(int(self.cross_pools[number]), stop)
 
     def version_of(self, account_id: str) -> int | None:
         """The version of the account the book holds (``None``: not in this book)."""
