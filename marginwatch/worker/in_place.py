@@ -54,11 +54,11 @@ def plan_in_place(
 ) -> InPlace | None:
     """The writes of the chunk's accounts into their rows; ``None`` when one does not fit
     (a new account, or a position without a slot)."""
+    if numbers.size and int(numbers.max()) >= cross_pools.shape[0]:
+        return None  # a new account: a new layout
     plan = InPlace([], [], [], [])
     by_account = _rows_by_account(chunk)
     for local, number in enumerate(numbers.tolist()):
-        if number >= cross_pools.shape[0]:
-            return None
         pools = range(int(cross_pools[number]), _stop_pool(book, cross_pools, number))
         slots = _slots(book, row_side, pools)
         rows = by_account.get(local, [])
