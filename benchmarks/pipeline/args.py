@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from benchmarks import naive_baseline as naive
 from benchmarks import pipeline
+from benchmarks.pipeline.config import DRAIN_TIMEOUT_S
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -44,6 +45,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="MOVE:SECONDS@START",
         help="every symbol moves MOVE%% over SECONDS from START (e.g. -15:10@20); replaces the "
         "staggered crashes",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=DRAIN_TIMEOUT_S,
+        help="seconds to wait after the producer for every action to be done (a cascade may "
+        "need minutes)",
     )
     parser.add_argument("--crash-move", type=float, default=-12.0, help="percent")
     parser.add_argument("--crash-seconds", type=float, default=30.0, help="each crash's length")

@@ -16,7 +16,6 @@ import redis
 
 from benchmarks.pipeline.book import Book
 from benchmarks.pipeline.config import (
-    DRAIN_TIMEOUT_S,
     DURATION_METRIC,
     FIRST_EVALUATION_TIMEOUT_S,
     POSITIONS_METRIC,
@@ -232,7 +231,7 @@ def measure_producer_run(
     with suppress(RuntimeError):
         run.drain_seconds = wait_until(
             lambda: caught_up(ctx.probe),
-            DRAIN_TIMEOUT_S,
+            ctx.args.drain_timeout,
             "the backlog to drain",
             daemons,
         )
