@@ -547,12 +547,16 @@ class LiquidationCapacity(Collector):
         with self._lock:
             self._tasks.append((liquidations, seconds))
 
+    def tasks(self) -> tuple[tuple[int, float], ...]:
+        """The window: (liquidations, seconds) of each task in it, oldest first."""
+        with self._lock:
+            return tuple(self._tasks)
+
     def per_second(self) -> float | None:
         """Liquidations per second of the window's busy time; ``None`` before the first task."""
-        with self._lock:
-            liquidations = sum(count for count, _seconds in self._tasks)
-            seconds = sum(seconds for _count, seconds in self._tasks)
-        return liquidations / seconds if seconds > 0 else None
+        tasks = self.tasks()
+        seconds = sum(seconds for _count, seconds in tasks)
+        return sum(count for count, _seconds in tasks) / seconds if seconds > 0 else None
 
     def describe(self) -> Iterable[Metric]:
         return [self._family()]
