@@ -24,7 +24,7 @@ from marginwatch.executor.tasks import ExecutorRuntime, run_liquidations
 from marginwatch.producer.publisher import Publisher
 from marginwatch.runtime.celery_app import make_celery
 from marginwatch.state.accounts import read_account, store_accounts
-from marginwatch.state.due import queue_due
+from marginwatch.state.due import due_actions, queue_due
 from marginwatch.state.guarded import Guard, GuardedWrite
 
 D = Decimal
@@ -180,3 +180,15 @@ def test_one_message_executes_every_liquidation_due_in_its_partition(
     )
     assert kinds == [b"liquidationA", b"liquidationA", b"liquidationB", b"skippedC"]
     assert run_liquidations(runtime, BATCH[:4]) == ["duplicate"] * 4
+
+
+def test_an_executor_takes_the_oldest_due_liquidations_up_to_its_limit(
+    redis_client: redis.Redis,
+) -> None:
+    """Three due at three moments: a limit of two reads the two oldest, whatever else is due."""
+    for when, account_id in ((3, "C"), (1, "A"), (2, "B")):
+        pipe = redis_client.pipeline(transaction=True)
+        queue_due(pipe, 1, [action(account_id)], when)
+        pipe.execute()
+    taken = due_actions(redis_client, 1, 2)
+    assert [message["account_id"] for message in taken] == ["A", "B"]  # type: ignore[index]

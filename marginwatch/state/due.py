@@ -52,10 +52,13 @@ def queue_done(pipe: Pipeline, partition: int, account_id: str, pool: str) -> No
 
 
 def due_actions(client: redis.Redis, partition: int, limit: int) -> list[object]:
-    """Up to ``limit`` of the partition's due liquidation actions, as messages (parsed JSON;
-    the caller validates them)."""
-    values: list[bytes] = client.hvals(keys.due_liquidation_actions(partition))  # type: ignore[assignment]
-    return [json.loads(value) for value in values[:limit]]
+    """The partition's ``limit`` oldest due liquidation actions, as messages (parsed JSON; the
+    caller validates them): only those are read, however many are due."""
+    members: list[bytes] = client.zrange(keys.due_liquidations(partition), 0, limit - 1)  # type: ignore[assignment]
+    if not members:
+        return []
+    values: list[bytes | None] = client.hmget(keys.due_liquidation_actions(partition), members)  # type: ignore[assignment]
+    return [json.loads(value) for value in values if value is not None]
 
 
 def overdue(client: redis.Redis, partition: int, sent_before_ms: int) -> list[tuple[str, str]]:
