@@ -20,10 +20,9 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
-from marginwatch.base import keys
 from marginwatch.base.pools import SIDES
 from marginwatch.engine.types import Account, MarginMode
-from marginwatch.state.accounts import READ_CHUNK, stored_account
+from marginwatch.state.accounts import read_account_fields, stored_account
 from marginwatch.state.bad_records import BadRecords
 
 SIDE_INDEX = {side.value: index for index, side in enumerate(SIDES)}
@@ -57,14 +56,9 @@ def read_account_rows(
 ) -> AccountRows:
     """The rows of several accounts of one partition; absent and corrupt ones are left out."""
     found = AccountRows()
-    for start in range(0, len(account_ids), READ_CHUNK):
-        chunk = account_ids[start : start + READ_CHUNK]
-        pipe = client.pipeline(transaction=False)
-        for account_id in chunk:
-            pipe.hmget(keys.account(partition, account_id), ["version", "state"])
-        for account_id, (version, state) in zip(chunk, pipe.execute(), strict=True):
-            if state is not None:
-                add_account(found, account_id, version, state, symbol_index, bad)
+    for account_id, version, state in read_account_fields(client, partition, account_ids):
+        if state is not None:
+            add_account(found, account_id, version, state, symbol_index, bad)
     return found
 
 

@@ -124,6 +124,20 @@ def stored_account(
     return stored
 
 
+def read_account_fields(
+    client: redis.Redis, partition: int, account_ids: Sequence[str]
+) -> Iterator[tuple[str, bytes | None, bytes | None]]:
+    """``(id, version, state)`` of each account of one partition, as stored (``None``: absent),
+    pipelined ``READ_CHUNK`` at a time."""
+    for start in range(0, len(account_ids), READ_CHUNK):
+        chunk = account_ids[start : start + READ_CHUNK]
+        pipe = client.pipeline(transaction=False)
+        for account_id in chunk:
+            pipe.hmget(keys.account(partition, account_id), ["version", "state"])
+        for account_id, (version, state) in zip(chunk, pipe.execute(), strict=True):
+            yield account_id, version, state
+
+
 def read_accounts(
     client: redis.Redis,
     partition: int,
@@ -133,15 +147,10 @@ def read_accounts(
     """Several accounts of one partition, pipelined in chunks; absent ones are left out, and so
     are corrupt ones (reported to ``bad``)."""
     found: dict[str, StoredAccount] = {}
-    for start in range(0, len(account_ids), READ_CHUNK):
-        chunk = account_ids[start : start + READ_CHUNK]
-        pipe = client.pipeline(transaction=False)
-        for account_id in chunk:
-            pipe.hmget(keys.account(partition, account_id), ["version", "state"])
-        for account_id, (version, state) in zip(chunk, pipe.execute(), strict=True):
-            stored = stored_account(account_id, version, state, bad)
-            if stored is not None:
-                found[account_id] = stored
+    for account_id, version, state in read_account_fields(client, partition, account_ids):
+        stored = stored_account(account_id, version, state, bad)
+        if stored is not None:
+            found[account_id] = stored
     return found
 
 

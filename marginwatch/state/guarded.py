@@ -80,11 +80,6 @@ class Recorder:
     def commands(self) -> list[list[str]]:
         return [[_word(word) for word in args] for args, _options in self.pipe.command_stack]
 
-    @property
-    def keys(self) -> set[str]:
-        """The key of each command (every command recorded here names its key first)."""
-        return {command[1] for command in self.commands if len(command) > 1}
-
 
 @functools.cache
 def _unconnected() -> redis.Redis:
@@ -111,5 +106,6 @@ class GuardedWrite:
         commands = self.recorder.commands
         for command in commands:
             words += [str(len(command)), *command]
-        touched = sorted({c[1] for c in commands if len(c) > 1} | {g.key for g in self.guards})
+        named = {command[1] for command in commands if len(command) > 1}  # each names its key first
+        touched = sorted(named | {guard.key for guard in self.guards})
         queue_script(pipe, _GUARDED, touched, *words, ABSENT)
