@@ -83,6 +83,39 @@ def test_the_json_contract_on_a_snapshot(tmp_path: Path) -> None:
     assert (erin["pool"], erin["deficit"]) == ("isolated:BTCUSDT:BOTH", "400")
 
 
+def test_rounds_of_price_impact_in_the_document_and_the_table(tmp_path: Path) -> None:
+    """``--impact BTCUSDT:10%/52000``: round 1's net BTC sale of 52,000 moves BTCUSDT −10% to
+    36,000, where round 2 liquidates bob (deficit 1,775; tests/test_stress_rounds.py works it
+    out); the scenario's deficit is 1,400 + 1,775 = 3,175."""
+    snapshot = write_snapshot(tmp_path / "book.json")
+    args = ["--snapshot", str(snapshot), "--shock", "BTCUSDT:-20%", "--impact", "BTCUSDT:10%/52000"]
+    [scenario] = document(stress(*args, "--json"))["scenarios"]
+    assert list(scenario) == [*SCENARIO_KEYS, "converged", "rounds"]
+    assert (scenario["deficit"], scenario["pools_liquidated"], scenario["converged"]) == (
+        "3175", 5, True)  # fmt: skip
+    first, second = scenario["rounds"]
+    assert (first["number"], first["moves"], first["marks"]) == (1, {}, {})
+    assert first["net_forced_sale"] == {"BTCUSDT": "52000", "ETHUSDT": "-24000"}
+    assert second == {
+        "number": 2, "moves": {"BTCUSDT": "-0.1"}, "marks": {"BTCUSDT": "36000"},
+        "pools_liquidated": 1, "liquidated_notional": {"BTCUSDT": "18000"},
+        "net_forced_sale": {"BTCUSDT": "18000"}, "deficit": "1775",
+    }  # fmt: skip
+    table = stress(*args)
+    assert table.returncode == 0, table.stderr
+    assert "rounds of BTCUSDT:-20%:" in table.stdout
+    assert "  round 2 after BTCUSDT -10.00%: pools liquidated 1, notional 18,000.00, " \
+        "deficit 1,775.00" in table.stdout  # fmt: skip
+
+
+def test_without_impact_the_document_has_no_rounds(tmp_path: Path) -> None:
+    """The contract's keys only: rounds are there with ``--impact`` alone."""
+    snapshot = write_snapshot(tmp_path / "book.json")
+    [scenario] = document(stress("--snapshot", str(snapshot), "--shock", "BTCUSDT:-20%",
+                                 "--json"))["scenarios"]  # fmt: skip
+    assert list(scenario) == SCENARIO_KEYS
+
+
 def test_a_fund_above_the_deficit_is_not_exhausted(tmp_path: Path) -> None:
     """1,400.01 covers the deficit of 1,400 and keeps a cent; at 0% nothing moves (``0``)."""
     snapshot = write_snapshot(tmp_path / "book.json")
@@ -177,6 +210,19 @@ def _cleared(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--shock", "BTCUSDT:-20%", "--beta-base", "BTCUSDT"], "--beta-base: only with --beta"),
         (["--shock", "BTCUSDT:-2%", "--insurance-fund", "lots"],
          "--insurance-fund: 'lots': expected USDT, e.g. 250000"),
+        (["--shock", "BTCUSDT:-2%", "--impact", "BTCUSDT:1%"],
+         "--impact: 'BTCUSDT:1%': expected SYMBOL:MOVE%/DEPTH or *:MOVE%/DEPTH"),
+        (["--shock", "BTCUSDT:-2%", "--impact", "BTCUSDT:100%/5"],
+         "--impact: 'BTCUSDT:100%/5': expected 0% < MOVE% < 100% and DEPTH > 0 USDT"),
+        (["--shock", "BTCUSDT:-2%", "--impact", "BTCUSDT:1%/0"],
+         "--impact: 'BTCUSDT:1%/0': expected 0% < MOVE% < 100% and DEPTH > 0 USDT"),
+        (["--shock", "BTCUSDT:-2%", "--impact", "NOSUCHUSDT:1%/5"],
+         "--impact: NOSUCHUSDT has no bracket table"),
+        (["--shock", "BTCUSDT:-2%", "--impact", "*:1%/5", "--impact", "*:2%/5"],
+         "--impact: * given twice"),
+        (["--shock", "BTCUSDT:-2%", "--max-rounds", "3"], "--max-rounds: only with --impact"),
+        (["--shock", "BTCUSDT:-2%", "--impact", "*:1%/5", "--max-rounds", "0"],
+         "--max-rounds: 0: expected at least 1"),
     ],
 )  # fmt: skip
 def test_a_bad_option_is_one_line_naming_it(

@@ -10,6 +10,11 @@ The document (``--json``)::
                     "insurance_fund": "1000", "fund_exhausted": false,
                     "largest_contributors": [{"account_id": ..., "pool": "cross", ...}]}]}
 
+With ``--impact`` each scenario also has ``"converged"`` and ``"rounds"``: per round its
+``number``, the ``moves`` and ``marks`` of the symbols the round before moved (none in the
+first), ``pools_liquidated`` (newly), ``liquidated_notional`` and ``net_forced_sale`` per
+symbol, and ``deficit`` (the screen's, to the cent).
+
 Counts are integers, money and moves decimal strings: moves exactly as given (``-0.20``; ``0``
 when unmoved), money as the evaluation report writes it (``base.report.decimal_string``).
 """
@@ -23,7 +28,7 @@ from typing import Any
 
 from marginwatch.base.pools import CROSS_POOL, isolated_pool
 from marginwatch.base.report import decimal_string
-from marginwatch.engine.stress import ExactPool, ScenarioOutcome, fund_exhausted
+from marginwatch.engine.stress import ExactPool, Round, ScenarioOutcome, fund_exhausted
 
 SECONDS_FORMAT = ".3f"
 _COLUMNS = (
@@ -51,6 +56,7 @@ class StressRun:
     accounts: int
     pools: int
     positions: int
+    rounds: bool = False  # whether the scenarios ran rounds (--impact)
 
 
 def money(value: Decimal) -> str:
@@ -73,7 +79,29 @@ def stress_document(run: StressRun, outcomes: Sequence[ScenarioOutcome]) -> dict
         "consistent": run.consistent,
         "read_seconds": format(run.read_seconds, SECONDS_FORMAT),
         "scenario_seconds": format(run.scenario_seconds, SECONDS_FORMAT),
-        "scenarios": [scenario_document(outcome, run.fund) for outcome in outcomes],
+        "scenarios": [scenario_entry(outcome, run) for outcome in outcomes],
+    }
+
+
+def scenario_entry(outcome: ScenarioOutcome, run: StressRun) -> dict[str, Any]:
+    """One scenario's entry, with its rounds when the run has them."""
+    entry = scenario_document(outcome, run.fund)
+    if run.rounds:
+        entry["converged"] = outcome.converged
+        entry["rounds"] = [round_document(found) for found in outcome.rounds]
+    return entry
+
+
+def round_document(found: Round) -> dict[str, Any]:
+    """One round of a scenario."""
+    return {
+        "number": found.number,
+        "moves": {s: money(move) for s, move in sorted(found.moves.items())},
+        "marks": {s: money(found.marks[s]) for s in sorted(found.moves)},
+        "pools_liquidated": found.pools_liquidated,
+        "liquidated_notional": {s: money(v) for s, v in sorted(found.liquidated_notional.items())},
+        "net_forced_sale": {s: money(v) for s, v in sorted(found.net_sold.items())},
+        "deficit": money(found.deficit),
     }
 
 
@@ -122,7 +150,8 @@ def stress_table(run: StressRun, outcomes: Sequence[ScenarioOutcome]) -> str:
     seconds = format(run.scenario_seconds, SECONDS_FORMAT)
     lines += ["", f"read the book in {format(run.read_seconds, SECONDS_FORMAT)} s; "
               f"ran {len(outcomes)} scenarios in {seconds} s"]  # fmt: skip
-    return "\n".join(lines + contributor_lines(outcomes)) + "\n"
+    rounds = round_lines(outcomes) if run.rounds else []
+    return "\n".join(lines + rounds + contributor_lines(outcomes)) + "\n"
 
 
 def book_line(run: StressRun) -> str:
@@ -166,3 +195,29 @@ def contributor_lines(outcomes: Sequence[ScenarioOutcome]) -> list[str]:
             f"deficit {money(found.deficit):>16}"
         )
     return lines
+
+
+def round_lines(outcomes: Sequence[ScenarioOutcome]) -> list[str]:
+    """Each scenario's rounds: what each liquidated, after which moves of the marks."""
+    lines = []
+    for outcome in outcomes:
+        ending = "" if outcome.converged else " (stopped at --max-rounds)"
+        lines += ["", f"rounds of {outcome.scenario.name}{ending}:"]
+        lines += [f"  {round_line(found)}" for found in outcome.rounds]
+    return lines
+
+
+def round_line(found: Round) -> str:
+    """``round 2 after BTCUSDT -3.12%: pools liquidated 5, notional 1,234.00, deficit 12.00``."""
+    moved = ", ".join(f"{s} {move_percent(m)}" for s, m in sorted(found.moves.items()))
+    after = f" after {moved}" if moved else ""
+    notional = sum(found.liquidated_notional.values(), Decimal(0))
+    return (
+        f"round {found.number}{after}: pools liquidated {found.pools_liquidated:,}, "
+        f"notional {notional:,.2f}, deficit {found.deficit:,.2f}"
+    )
+
+
+def move_percent(move: Decimal) -> str:
+    """A move as a signed percentage to two decimals: ``-0.031234`` → ``-3.12%``."""
+    return f"{move * 100:+.2f}%"

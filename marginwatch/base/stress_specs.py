@@ -9,6 +9,9 @@
 
 * ``--insurance-fund AMOUNT``, with ``--snapshot`` only (the live fund is the sum of the
   partitions' ledgers).
+* ``--impact SYMBOL:MOVE%/DEPTH`` or ``'*:MOVE%/DEPTH'`` (repeatable): a net forced sale of
+  ``DEPTH`` USDT moves the mark down ``MOVE%`` (``engine.impact``); with it, each scenario runs
+  rounds until nothing more liquidates, at most ``--max-rounds``.
 
 Every rejection is a ``SpecError``: one line naming the option and the format it expects. The
 command's defaults are here, all of them.
@@ -23,6 +26,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from marginwatch.base.snapshot import FieldError, decimal_json
+from marginwatch.engine.impact import Impact, ImpactModel
 from marginwatch.engine.scenarios import ALL, PERCENT, Betas, Scenario, Shock, grid
 
 # The command's defaults.
@@ -32,13 +36,18 @@ SNAPSHOT_INSURANCE_FUND = Decimal(0)  # --insurance-fund when not given: a snaps
 PROGRESS_EVERY_SECONDS = 1.0  # a progress line on stderr at most this often, the first after it
 LIVE_CONSISTENCY = "one read per partition"  # how consistent a live book is (state.live_book)
 SNAPSHOT_CONSISTENCY = "one snapshot"
+MAX_ROUNDS = 20  # --max-rounds when not given: the most rounds of a scenario with --impact
 
 SHOCK_FORMAT = "SYMBOL:MOVE% or *:MOVE%, e.g. BTCUSDT:-20% or '*:-10%'"
 GRID_FORMAT = "START%:STOP%:STEP%, e.g. -30%:30%:5%"
 BETA_FORMAT = 'a JSON file {"SYMBOL": beta} or SYMBOL=BETA, e.g. ETHUSDT=1.2'
+IMPACT_FORMAT = "SYMBOL:MOVE%/DEPTH or *:MOVE%/DEPTH, e.g. BTCUSDT:1%/10000000"
 _NUMBER = r"[+-]?\d+(?:\.\d+)?"
 _SHOCK = re.compile(rf"(?P<symbol>[A-Za-z0-9]+|\*):(?P<move>{_NUMBER})%")
 _GRID = re.compile(rf"(?P<start>{_NUMBER})%:(?P<stop>{_NUMBER})%:(?P<step>{_NUMBER})%")
+_IMPACT = re.compile(
+    r"(?P<symbol>[A-Za-z0-9]+|\*):(?P<move>\d+(?:\.\d+)?)%/(?P<depth>\d+(?:\.\d+)?)"
+)
 _INLINE_BETA = re.compile(rf"(?P<symbol>[A-Za-z0-9]+)=(?P<beta>{_NUMBER})")
 
 
@@ -73,6 +82,8 @@ class StressSpecs:
     betas: Sequence[str] = ()
     beta_base: str | None = None
     insurance_fund: str | None = None
+    impacts: Sequence[str] = ()
+    max_rounds: int | None = None
 
 
 def insurance_fund_of(specs: StressSpecs, snapshot: bool) -> Decimal:
@@ -206,3 +217,39 @@ def _beta(path: str, symbol: str, value: object) -> Decimal:
     if beta is None or not beta.is_finite():
         raise SpecError(f"--beta: {path}: {symbol}: expected a number, not {value!r}")
     return beta
+
+
+def impact_of(specs: StressSpecs, symbols: Collection[str]) -> ImpactModel | None:
+    """The ``--impact`` options (``None`` without any), each symbol known and given once."""
+    if not specs.impacts:
+        if specs.max_rounds is not None:
+            raise SpecError("--max-rounds: only with --impact")
+        return None
+    impacts: dict[str, Impact] = {}
+    for spec in specs.impacts:
+        symbol, impact = parse_impact(spec)
+        if symbol != ALL and symbol not in symbols:
+            raise SpecError(f"--impact: {symbol} has no bracket table")
+        if symbol in impacts:
+            raise SpecError(f"--impact: {symbol} given twice")
+        impacts[symbol] = impact
+    return ImpactModel(impacts)
+
+
+def parse_impact(spec: str) -> tuple[str, Impact]:
+    """``SYMBOL:MOVE%/DEPTH``: the move above 0% and below 100%, the depth positive."""
+    match = _IMPACT.fullmatch(spec.strip())
+    if match is None:
+        raise SpecError(f"--impact: {spec!r}: expected {IMPACT_FORMAT}")
+    move, depth = _percent(match["move"]), Decimal(match["depth"])
+    if not 0 < move < 1 or depth <= 0:
+        raise SpecError(f"--impact: {spec!r}: expected 0% < MOVE% < 100% and DEPTH > 0 USDT")
+    return match["symbol"].upper(), Impact(move, depth)
+
+
+def max_rounds_of(specs: StressSpecs) -> int:
+    """``--max-rounds``: at least 1 (default ``MAX_ROUNDS``)."""
+    rounds = MAX_ROUNDS if specs.max_rounds is None else specs.max_rounds
+    if rounds < 1:
+        raise SpecError(f"--max-rounds: {rounds}: expected at least 1")
+    return rounds

@@ -14,7 +14,11 @@ from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.report import ReportModel, render_report
 from marginwatch.base.settings import LOG_LEVELS, Settings, read_settings
 from marginwatch.base.snapshot import SnapshotError, SnapshotModel, parse_snapshot
-from marginwatch.base.stress_specs import SNAPSHOT_INSURANCE_FUND, attach_negative_values
+from marginwatch.base.stress_specs import (
+    MAX_ROUNDS,
+    SNAPSHOT_INSURANCE_FUND,
+    attach_negative_values,
+)
 from marginwatch.cli.config import print_config
 from marginwatch.cli.errors import InputError, report
 from marginwatch.engine.brackets import BracketTableError, load_bracket_file
@@ -125,6 +129,18 @@ def _add_stress(commands: Any) -> None:
         "--insurance-fund",
         metavar="AMOUNT",
         help=f"with --snapshot: the fund in USDT (default {SNAPSHOT_INSURANCE_FUND})",
+    )
+    stress.add_argument(
+        "--impact",
+        action="append",
+        metavar="SYMBOL:MOVE%/DEPTH",
+        help="rounds: a net forced sale of DEPTH USDT moves the mark MOVE%% (BTCUSDT:1%%/10000000)",
+    )
+    stress.add_argument(
+        "--max-rounds",
+        type=int,
+        metavar="N",
+        help=f"with --impact: the most rounds of a scenario (default {MAX_ROUNDS})",
     )
     stress.add_argument("--json", action="store_true", help="the JSON document instead of a table")
 

@@ -12,7 +12,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -31,7 +31,9 @@ from marginwatch.base.stress_specs import (
     SpecError,
     StressSpecs,
     betas_of,
+    impact_of,
     insurance_fund_of,
+    max_rounds_of,
     scenarios_of,
 )
 from marginwatch.base.ticks import Tick
@@ -40,6 +42,7 @@ from marginwatch.engine.batch import BatchResult, BracketArrays, columns_of
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.scenarios import ALL, Betas, Scenario, ScenarioError, moves, shocked_marks
 from marginwatch.engine.stress import (
+    Cascade,
     ExactPath,
     ScenarioOutcome,
     StressBook,
@@ -60,6 +63,7 @@ class Plan:
     scenarios: list[Scenario]
     betas: Betas | None
     fund: Decimal
+    cascade: Cascade | None
 
 
 @dataclass(frozen=True)
@@ -112,8 +116,9 @@ def run_stress(args: argparse.Namespace, settings: Settings, stdout: TextIO, std
     read_seconds = time.perf_counter() - started
     prepared = prepare(plan, loaded)
     started = time.perf_counter()
-    outcomes = run_all(loaded, prepared, progress)
+    outcomes = run_all(loaded, prepared, plan.cascade, progress)
     run = stress_run(loaded, read_at, read_seconds, time.perf_counter() - started)
+    run = replace(run, rounds=plan.cascade is not None)
     document = json.dumps(stress_document(run, outcomes), indent=2) + "\n"
     stdout.write(document if args.json else stress_table(run, outcomes))
     return EXIT_OK
@@ -122,7 +127,13 @@ def run_stress(args: argparse.Namespace, settings: Settings, stdout: TextIO, std
 def specs_of(args: argparse.Namespace) -> StressSpecs:
     """The options as given."""
     return StressSpecs(
-        args.shock or (), args.grid, args.beta or (), args.beta_base, args.insurance_fund
+        args.shock or (),
+        args.grid,
+        args.beta or (),
+        args.beta_base,
+        args.insurance_fund,
+        args.impact or (),
+        args.max_rounds,
     )
 
 
@@ -143,9 +154,16 @@ def plan_of(specs: StressSpecs, tables: Mapping[str, BracketTable], snapshot: bo
     """The options read against the symbols of ``tables``; a bad one is an ``InputError``."""
     try:
         scenarios = scenarios_of(specs, tables, MAX_SCENARIOS)
-        return Plan(scenarios, betas_of(specs, tables), insurance_fund_of(specs, snapshot))
+        fund = insurance_fund_of(specs, snapshot)
+        return Plan(scenarios, betas_of(specs, tables), fund, cascade_of(specs, tables))
     except SpecError as error:
         raise InputError(str(error)) from None
+
+
+def cascade_of(specs: StressSpecs, tables: Mapping[str, BracketTable]) -> Cascade | None:
+    """The rounds ``--impact`` asks for (``None`` without it)."""
+    impact = impact_of(specs, tables)
+    return None if impact is None else Cascade(impact, max_rounds_of(specs))
 
 
 def read_snapshot(path: str, settings: Settings) -> Snapshot:
@@ -233,15 +251,16 @@ def prepared(
 
 
 def run_all(
-    loaded: Loaded, prepared: Sequence[Prepared], progress: Progress
+    loaded: Loaded, prepared: Sequence[Prepared], cascade: Cascade | None, progress: Progress
 ) -> list[ScenarioOutcome]:
-    """Every scenario in turn, over one buffer of the screen."""
+    """Every scenario in turn (with its rounds under a ``cascade``), over one buffer of the
+    screen."""
     progress.restart()
     out = BatchResult.allocate(loaded.book.book)
     outcomes = []
     for number, item in enumerate(prepared, start=1):
         outcomes.append(run_scenario(loaded.book, loaded.exact, item.scenario, item.shown,
-                                     item.marks, TOP_CONTRIBUTORS, out))  # fmt: skip
+                                     item.marks, TOP_CONTRIBUTORS, out, cascade))  # fmt: skip
         progress.note(f"scenario {number} of {len(prepared)} ({item.scenario.name}) done")
     return outcomes
 

@@ -49,8 +49,9 @@ from marginwatch.engine.batch import (
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.closeout import close_out
 from marginwatch.engine.exact import PoolReport, evaluate_pool
+from marginwatch.engine.impact import ImpactModel, impacted_moves
 from marginwatch.engine.kernels import LIQUIDATION_CODE
-from marginwatch.engine.scenarios import Scenario
+from marginwatch.engine.scenarios import Scenario, shocked_marks
 from marginwatch.engine.types import Account, Position, Status, Thresholds
 
 MARGIN_CALL_CODE = Status.MARGIN_CALL.severity
@@ -124,9 +125,24 @@ class ExactPool:
     deficit: Decimal  # what its close-out at MP' takes from the insurance fund
 
 
+@dataclass(frozen=True, slots=True)
+class Round:
+    """One round of a scenario: the marks it ran at (moved by ``moves`` since the round
+    before; none in the first) and what it newly liquidated, from the screen to the cent."""
+
+    number: int
+    moves: Mapping[str, Decimal]
+    marks: Mapping[str, Decimal]
+    pools_liquidated: int
+    liquidated_notional: Mapping[str, Decimal]  # Σ |Q| × MP per symbol
+    net_sold: Mapping[str, Decimal]  # Σ Q × MP per symbol (engine.impact)
+    deficit: Decimal
+
+
 @dataclass(frozen=True)
 class ScenarioOutcome:
-    """One scenario's figures over the book (see the module docstring)."""
+    """One scenario's figures over the book (see the module docstring), over its rounds;
+    ``converged``: the last round liquidated nothing more, or nothing moved the marks again."""
 
     scenario: Scenario
     moves: Mapping[str, Decimal]
@@ -136,6 +152,58 @@ class ScenarioOutcome:
     liquidated_notional: Mapping[str, Decimal]  # per symbol with any, to the cent
     deficit: Decimal  # the contributors' exactly, the other pools' to the cent
     contributors: tuple[ExactPool, ...]
+    rounds: tuple[Round, ...] = ()
+    converged: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Cascade:
+    """How to run later rounds: the price impact of each round's liquidations, at most
+    ``max_rounds`` rounds in all."""
+
+    impact: ImpactModel
+    max_rounds: int
+
+
+class Rounds:
+    """What the rounds of a scenario have liquidated so far, pool by pool."""
+
+    def __init__(self, sb: StressBook) -> None:
+        pools = sb.book.pools
+        self.closed = np.zeros(pools, dtype=np.bool_)  # at liquidation in a round so far
+        self.round_of = np.full(pools, -1, dtype=np.int64)  # the round's index, 0 first
+        self.deficits = np.zeros(pools)  # each at the marks of its round
+        self.notional = np.zeros(len(sb.brackets.symbols))
+        self.marks: list[Mapping[str, Decimal]] = []
+        self.rounds: list[Round] = []
+
+    def add(
+        self, sb: StressBook, out: BatchResult, newly: BoolArray, moved: Mapping[str, Decimal],
+        marks: Mapping[str, Decimal],
+    ) -> Round:  # fmt: skip
+        """Close the pools ``newly`` at liquidation at ``marks``; their round's figures."""
+        self.round_of[newly] = len(self.marks)
+        self.marks.append(marks)
+        self.closed |= newly
+        deficits = pool_deficits(sb.book, out, newly)
+        self.deficits += deficits
+        notional, net_sold = symbol_sums(sb, sb.brackets.marks_array(marks), newly)
+        self.notional += notional
+        found = Round(
+            number=len(self.marks),
+            moves=moved,
+            marks=marks,
+            pools_liquidated=int(np.count_nonzero(newly)),
+            liquidated_notional=cents_of(sb, notional),
+            net_sold=cents_of(sb, net_sold),
+            deficit=to_cent(float(deficits.sum())),
+        )
+        self.rounds.append(found)
+        return found
+
+    def marks_of(self, pool: int) -> Mapping[str, Decimal]:
+        """The marks of the round that liquidated ``pool``."""
+        return self.marks[int(self.round_of[pool])]
 
 
 def run_scenario(
@@ -146,32 +214,62 @@ def run_scenario(
     marks: Mapping[str, Decimal],
     top: int,
     out: BatchResult,
+    cascade: Cascade | None = None,
 ) -> ScenarioOutcome:
-    """The scenario's outcome at the shocked ``marks``; ``out`` is the screen's buffer."""
-    floats = sb.brackets.marks_array(marks)
-    evaluate_ratios(sb.book, sb.brackets, floats, exact.thresholds, out)
-    status = decided_status(sb, exact, marks, out)
-    liquidated = status == LIQUIDATION_CODE
-    deficits = pool_deficits(sb.book, out, liquidated)
-    contributors = largest_contributors(sb, exact, marks, deficits, top)
+    """The scenario's outcome at the shocked ``marks`` (``out``: the screen's buffer), and
+    with a ``cascade`` its later rounds, each at the marks the round before moved."""
+    rounds = Rounds(sb)
+    status, converged = run_rounds(sb, exact, marks, out, rounds, cascade)
+    closed = rounds.closed
+    contributors = largest_contributors(sb, exact, rounds.marks_of, rounds.deficits, top)
     return ScenarioOutcome(
         scenario=scenario,
         moves=moves,
-        pools_margin_call=int(np.count_nonzero(status == MARGIN_CALL_CODE)),
-        pools_liquidated=int(np.count_nonzero(liquidated)),
-        accounts_liquidated=int(np.unique(sb.book.pool_account[liquidated]).shape[0]),
-        liquidated_notional=liquidated_notional(sb, floats, liquidated),
-        deficit=total_deficit(deficits, contributors),
+        pools_margin_call=int(np.count_nonzero((status == MARGIN_CALL_CODE) & ~closed)),
+        pools_liquidated=int(np.count_nonzero(closed)),
+        accounts_liquidated=int(np.unique(sb.book.pool_account[closed]).shape[0]),
+        liquidated_notional=cents_of(sb, rounds.notional),
+        deficit=total_deficit(rounds.deficits, contributors),
         contributors=contributors,
+        rounds=tuple(rounds.rounds),
+        converged=converged,
     )
 
 
+def run_rounds(
+    sb: StressBook, exact: ExactPath, marks: Mapping[str, Decimal], out: BatchResult,
+    rounds: Rounds, cascade: Cascade | None,
+) -> tuple[npt.NDArray[np.int8], bool]:  # fmt: skip
+    """Round after round until one liquidates nothing more (after the first), moves no mark,
+    or is the last the cascade allows; the last statuses, and whether it converged."""
+    moved: Mapping[str, Decimal] = {}
+    while True:
+        evaluate_ratios(sb.book, sb.brackets, sb.brackets.marks_array(marks), exact.thresholds, out)
+        status = decided_status(sb, exact, marks, out, rounds.closed)
+        newly = (status == LIQUIDATION_CODE) & ~rounds.closed
+        if rounds.rounds and not newly.any():
+            return status, True
+        found = rounds.add(sb, out, newly, moved, marks)
+        if cascade is None:
+            return status, True
+        moved = impacted_moves(cascade.impact, found.net_sold)
+        if not moved:
+            return status, True
+        if len(rounds.rounds) == cascade.max_rounds:
+            return status, False
+        marks = shocked_marks(marks, moved)
+
+
 def decided_status(
-    sb: StressBook, exact: ExactPath, marks: Mapping[str, Decimal], out: BatchResult
+    sb: StressBook,
+    exact: ExactPath,
+    marks: Mapping[str, Decimal],
+    out: BatchResult,
+    closed: BoolArray,
 ) -> npt.NDArray[np.int8]:
-    """The screen's statuses, each uncertain pool's decided by the exact path."""
+    """The screen's statuses, each uncertain pool's (not yet closed) decided exactly."""
     status = out.status.copy()
-    for pool in np.flatnonzero(out.uncertain):
+    for pool in np.flatnonzero(out.uncertain & ~closed):
         status[pool] = exact_pool(sb, exact, marks, int(pool)).report.status.severity
     return status
 
@@ -191,28 +289,37 @@ def total_deficit(deficits: FloatArray, contributors: Sequence[ExactPool]) -> De
     return sum((found.deficit for found in contributors), rest)
 
 
-def liquidated_notional(
-    sb: StressBook, floats: FloatArray, liquidated: BoolArray
-) -> dict[str, Decimal]:
-    """Per symbol: ``Σ |Q| × MP'`` over the rows of the pools at liquidation, to the cent."""
-    rows = liquidated[sb.row_pool]
+def symbol_sums(
+    sb: StressBook, floats: FloatArray, pools: BoolArray
+) -> tuple[FloatArray, FloatArray]:
+    """Per symbol, over the rows of ``pools`` at the marks ``floats``: ``Σ |Q| × MP`` (the
+    notional) and ``Σ Q × MP`` (the net sale of closing them)."""
+    rows = pools[sb.row_pool]
     symbol = sb.book.symbol[rows]
-    weights = np.abs(sb.book.quantity[rows]) * floats[symbol]
-    sums = np.bincount(symbol, weights=weights, minlength=len(sb.brackets.symbols))
+    signed = sb.book.quantity[rows] * floats[symbol]
+    count = len(sb.brackets.symbols)
+    notional = np.bincount(symbol, weights=np.abs(signed), minlength=count)
+    net = np.bincount(symbol, weights=signed, minlength=count)
+    return notional.astype(np.float64, copy=False), net.astype(np.float64, copy=False)
+
+
+def cents_of(sb: StressBook, sums: FloatArray) -> dict[str, Decimal]:
+    """Per symbol with a non-zero sum: the sum to the cent."""
     return {sb.brackets.symbols[s]: to_cent(float(sums[s])) for s in np.flatnonzero(sums)}
 
 
 def largest_contributors(
     sb: StressBook,
     exact: ExactPath,
-    marks: Mapping[str, Decimal],
+    marks_of: Callable[[int], Mapping[str, Decimal]],
     deficits: FloatArray,
     top: int,
 ) -> tuple[ExactPool, ...]:
     """The ``top`` pools of the largest exact deficits (then by account id, then pool), among
-    the ``CANDIDATES_PER_SHOWN × top`` largest of the screen."""
+    the ``CANDIDATES_PER_SHOWN × top`` largest of the screen; each at the marks of its round
+    (``marks_of``)."""
     candidates = largest(deficits, CANDIDATES_PER_SHOWN * top)
-    confirmed = [exact_pool(sb, exact, marks, int(pool)) for pool in candidates]
+    confirmed = [exact_pool(sb, exact, marks_of(int(p)), int(p)) for p in candidates]
     ranked = sorted(
         (found for found in confirmed if found.deficit > 0),
         key=lambda found: (-found.deficit, found.account.account_id, found.pool),
