@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--accounts", type=int, default=DEMO_ACCOUNTS)
     demo.add_argument("--duration", type=float, default=None, help="seconds (default: Ctrl-C)")
     demo.add_argument(
+        "--write-book",
+        metavar="DIR",
+        help="write the demo's book (demo-book.json) and crash (demo-crash.csv) there, and exit",
+    )
+    demo.add_argument(
         "--metrics-port-base",
         type=int,
         default=DEMO_METRICS_PORT_BASE,

@@ -5,6 +5,7 @@ read once. Errors are reported there."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TextIO
 
 from marginwatch.base.exits import EXIT_OK
@@ -50,10 +51,21 @@ def run(
     elif command in {"status", "stress"}:
         return report_command(args, settings, stdout, stderr)
     elif command == "demo":
-        from marginwatch.cli.demo import run_demo  # noqa: PLC0415 (only this command)
-
-        return run_demo(settings, args.accounts, args.duration, stdout, args.metrics_port_base)
+        return demo_command(args, settings, stdout)
     return EXIT_OK
+
+
+def demo_command(args: argparse.Namespace, settings: Settings, stdout: TextIO) -> int:
+    """Run the demo, or (``--write-book DIR``) write its book and crash as files."""
+    if args.write_book is not None:
+        from marginwatch.cli.demo_book import write_demo_book  # noqa: PLC0415 (only this)
+
+        for path in write_demo_book(Path(args.write_book), args.accounts):
+            stdout.write(f"wrote {path}\n")
+        return EXIT_OK
+    from marginwatch.cli.demo import run_demo  # noqa: PLC0415 (only this command)
+
+    return run_demo(settings, args.accounts, args.duration, stdout, args.metrics_port_base)
 
 
 def report_command(
