@@ -104,7 +104,7 @@ def test_rounds_of_price_impact_in_the_document_and_the_table(tmp_path: Path) ->
     table = stress(*args)
     assert table.returncode == 0, table.stderr
     assert "rounds of BTCUSDT:-20%:" in table.stdout
-    assert "  round 2 after BTCUSDT -10.00%: pools liquidated 1, notional 18,000.00, " \
+    assert "  round 2 after BTCUSDT -10.0000%: pools liquidated 1, notional 18,000.00, " \
         "deficit 1,775.00" in table.stdout  # fmt: skip
 
 

@@ -208,7 +208,7 @@ def round_lines(outcomes: Sequence[ScenarioOutcome]) -> list[str]:
 
 
 def round_line(found: Round) -> str:
-    """``round 2 after BTCUSDT -3.12%: pools liquidated 5, notional 1,234.00, deficit 12.00``."""
+    """``round 2 after BTCUSDT -3.1235%: pools liquidated 5, notional 1,234.00, deficit 12.00``."""
     moved = ", ".join(f"{s} {move_percent(m)}" for s, m in sorted(found.moves.items()))
     after = f" after {moved}" if moved else ""
     notional = sum(found.liquidated_notional.values(), Decimal(0))
@@ -219,5 +219,5 @@ def round_line(found: Round) -> str:
 
 
 def move_percent(move: Decimal) -> str:
-    """A move as a signed percentage to two decimals: ``-0.031234`` → ``-3.12%``."""
-    return f"{move * 100:+.2f}%"
+    """A move as a signed percentage to four decimals: ``-0.03123456`` → ``-3.1235%``."""
+    return f"{move * 100:+.4f}%"
