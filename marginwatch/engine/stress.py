@@ -23,6 +23,9 @@ At the shocked marks ``MP'`` (``engine.scenarios``):
 The liquidated notional is a float sum of the screen, given to the cent. The deficit is the
 contributors' exact deficits plus the screen's of the other pools, to the cent: exact when at
 most ``top`` pools are in deficit. The contributors' figures are exact.
+
+``engine.stress_screen`` is the screen's half of one round alone, in floats, with no exact
+evaluation (the partition workers' stress metrics).
 """
 
 from __future__ import annotations
@@ -294,10 +297,18 @@ def symbol_sums(
 ) -> tuple[FloatArray, FloatArray]:
     """Per symbol, over the rows of ``pools`` at the marks ``floats``: ``Σ |Q| × MP`` (the
     notional) and ``Σ Q × MP`` (the net sale of closing them)."""
-    rows = pools[sb.row_pool]
-    symbol = sb.book.symbol[rows]
-    signed = sb.book.quantity[rows] * floats[symbol]
-    count = len(sb.brackets.symbols)
+    return row_sums(sb.book, sb.row_pool, floats, pools)
+
+
+def row_sums(
+    book: Book, row_pools: IntArray, floats: FloatArray, pools: BoolArray
+) -> tuple[FloatArray, FloatArray]:
+    """``symbol_sums`` over a bare book (``row_pools``: ``batch.row_pool(book)``), per symbol
+    index of ``floats``."""
+    rows = pools[row_pools]
+    symbol = book.symbol[rows]
+    signed = book.quantity[rows] * floats[symbol]
+    count = floats.shape[0]
     notional = np.bincount(symbol, weights=np.abs(signed), minlength=count)
     net = np.bincount(symbol, weights=signed, minlength=count)
     return notional.astype(np.float64, copy=False), net.astype(np.float64, copy=False)
