@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from marginwatch.base import crash
 from marginwatch.base.redaction import REDACTED, redact_url
+from marginwatch.base.stress_specs import SpecError, spec_reason, written_scenario
 from marginwatch.engine.brackets import (
     BracketTable,
     BracketTableError,
@@ -95,6 +96,16 @@ class Settings(BaseSettings):
     task_events: bool = Field(
         False, description="Celery task events and worker heartbeats (Flower, celery-exporter)"
     )
+    stress_scenarios: list[str] = Field(
+        default_factory=list,
+        description="scenarios the workers export as metrics (JSON list; each its shocks as "
+        "--shock writes them, space-separated: 'BTCUSDT:-20% *:-10%')",
+    )
+    stress_interval_seconds: float = Field(
+        30.0, gt=0, description="each partition's scenarios computed at most this often"
+    )
+    stress_betas_file: str | None = Field(None, description="the scenarios' betas (--beta FILE)")
+    stress_beta_base: str | None = Field(None, description="the betas' base symbol")
 
     @field_validator("log_level")
     @classmethod
@@ -108,6 +119,20 @@ class Settings(BaseSettings):
     def _known_crash_point(cls, value: str | None) -> str | None:
         if value is not None and value not in crash.POINTS:
             raise ValueError(f"unknown crash point {value!r}; known: {', '.join(crash.POINTS)}")
+        return value
+
+    @field_validator("stress_scenarios")
+    @classmethod
+    def _readable_scenarios(cls, value: list[str]) -> list[str]:
+        names: set[str] = set()
+        for number, text in enumerate(value, start=1):
+            try:
+                name = written_scenario(text, None).name
+            except SpecError as error:
+                raise ValueError(f"scenario {number}: {spec_reason(error)[1]}") from None
+            if name in names:
+                raise ValueError(f"scenario {number}: {name} given twice")
+            names.add(name)
         return value
 
     @property

@@ -113,17 +113,32 @@ def scenarios_of(specs: StressSpecs, symbols: Collection[str], limit: int) -> li
     return [Scenario.of(shocks_of(specs.shocks, symbols))]
 
 
-def shocks_of(specs: Sequence[str], symbols: Collection[str]) -> list[Shock]:
-    """Each ``--shock``, its symbol known (``symbols``) and given once."""
+def shocks_of(specs: Sequence[str], symbols: Collection[str] | None) -> list[Shock]:
+    """Each ``--shock``, its symbol known (``symbols``; ``None``: not checked) and given once."""
     shocks = [parse_shock(spec) for spec in specs]
     seen: set[str] = set()
     for shock in shocks:
-        if shock.symbol != ALL and shock.symbol not in symbols:
+        if shock.symbol != ALL and symbols is not None and shock.symbol not in symbols:
             raise SpecError(f"--shock: {shock.symbol} has no bracket table")
         if shock.symbol in seen:
             raise SpecError(f"--shock: {shock.symbol} shocked twice")
         seen.add(shock.symbol)
     return shocks
+
+
+def written_scenario(text: str, symbols: Collection[str] | None) -> Scenario:
+    """A scenario written as it is named, its ``--shock`` specs separated by spaces
+    (``BTCUSDT:-20% *:-10%``), read as ``--shock`` reads them."""
+    specs = text.split()
+    if not specs:
+        raise SpecError(f"--shock: {text!r}: expected {SHOCK_FORMAT}")
+    return Scenario.of(shocks_of(specs, symbols))
+
+
+def spec_reason(error: SpecError) -> tuple[str, str]:
+    """A rejection's option and its reason: ``("--shock", "'X': expected ...")``."""
+    option, _colon, reason = str(error).partition(": ")
+    return option, reason
 
 
 def parse_shock(spec: str) -> Shock:
