@@ -36,6 +36,7 @@ _PARTITION_CHANGES = "changes"
 _PARTITION_PENDING = "pending"
 _PARTITION_STATUS = "status"
 _PARTITION_EVALUATED = "evaluated"
+_PARTITION_STRESS = "stress"  # the partition's stress figures (base.stress_metrics)
 # Account events written by the venue's trading core, and those rejected; the applier's lease.
 _ACCOUNT_EVENTS = "account-events"
 _DEAD_LETTERS = "account-events:dead"
@@ -116,6 +117,12 @@ def partition_status(partition: int) -> str:
 def partition_evaluated(partition: int) -> str:
     """The newest tick sequence a finished evaluation of the partition had read."""
     return _of(partition, _PARTITION_EVALUATED)
+
+
+def partition_stress(partition: int) -> str:
+    """The figures of the partition's last computation of the configured stress scenarios (a
+    JSON document, ``base.stress_metrics``)."""
+    return _of(partition, _PARTITION_STRESS)
 
 
 def partition_key(partition: int, name: str) -> str:

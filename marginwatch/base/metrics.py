@@ -1,4 +1,5 @@
-"""Every Prometheus metric of marginwatch: the only place their names are written.
+"""Every Prometheus metric of marginwatch but the stress scenarios' (``base.stress_metrics``):
+the only place their names are written.
 
 Importing this module registers nothing. Each daemon process builds its metrics on its own
 ``CollectorRegistry`` (``ProducerMetrics``, ``WorkerMetrics``, ``ExecutorMetrics``) and serves

@@ -24,6 +24,7 @@ from marginwatch.runtime.process import (
     with_threads,
 )
 from marginwatch.worker.dispatch import Dispatcher
+from marginwatch.worker.stress_metrics import stress_monitor
 from marginwatch.worker.tasks import WorkerRuntime, register_tasks
 
 
@@ -33,7 +34,10 @@ def run_worker(settings: Settings, partition_spec: str) -> None:
     base = connect(settings)
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    runtime = WorkerRuntime(base.settings, base.client, base.tables, base.app, metrics=metrics)
+    stress = stress_monitor(base.settings, base.tables, base.client, registry, partitions,
+                            metrics.redis_errors)  # fmt: skip
+    runtime = WorkerRuntime(base.settings, base.client, base.tables, base.app, metrics=metrics,
+                            stress=stress)  # fmt: skip
     register_tasks(runtime.app, runtime)
     metrics.start_partitions(partitions)
     health = celery_health(settings, runtime.app, fail_fast_redis(redis_url(settings)))

@@ -26,7 +26,7 @@ from marginwatch.runtime.process import Runtime
 from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.due import due_backlog, overdue
 from marginwatch.state.identity import RedisIdentity, redis_identity
-from marginwatch.worker import instrumentation
+from marginwatch.worker import instrumentation, stress_metrics
 from marginwatch.worker.evaluation import (
     EvaluationOutcome,
     evaluate_partition,
@@ -60,6 +60,7 @@ class WorkerRuntime(Runtime):
     book_gauges_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
     identity_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
     identity: RedisIdentity | None = None  # of the Redis the books were loaded from
+    stress: stress_metrics.StressMonitor | None = None  # the configured stress scenarios
 
     def book(self, partition: int) -> PartitionBook:
         """The partition's book, loaded from Redis on first use."""
@@ -110,6 +111,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
         finish_evaluation(runtime.client, book, outcome)
     log.debug("partition %s: %s", partition, outcome)
     instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
+    stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome)
     if runtime.book_gauges_due.due(partition):
         once_a_second(runtime, book, outcome)
     if runtime.liquidation_map_due.due(partition):
