@@ -1,5 +1,5 @@
 """The "Risk overview" dashboard: accounts by status, margin calls and liquidations, the
-insurance fund, the liquidation map and the margin-ratio distribution."""
+insurance fund, the liquidation map, the margin-ratio distribution and the stress scenarios."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dashboards.builder import (
     thresholds,
     variable,
 )
+from dashboards.stress_panels import stress_section
 from marginwatch.base import metrics
 
 # The fund is the sum of the partitions' ledgers, each counted once (fail-over pairs report it
@@ -238,12 +239,13 @@ def risk_overview() -> Json:
             ),
         ],
     )
+    stress_section(grid, INSURANCE_FUND_SUM)
     return dashboard(
         "marginwatch-risk",
         "marginwatch / Risk overview",
         (
             "Accounts by status, margin calls, liquidations, the insurance fund, the liquidation "
-            "map and the margin ratio distribution."
+            "map, the margin ratio distribution and the stress scenarios."
         ),
         grid,
         [variable("symbol", metrics.LIQUIDATION_MAP)],

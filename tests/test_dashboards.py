@@ -1,7 +1,8 @@
 """The Grafana dashboards: generated, stable, importable into any Grafana (a datasource variable,
 the import input ``DS_PROMETHEUS``, every selector narrowed to the ``job`` and ``instance``
 variables), their PromQL valid and answered by series shaped like marginwatch's (``promtool``),
-and every metric they or the alert rules name defined in marginwatch/base/metrics.py."""
+and every metric they or the alert rules name defined in marginwatch/base/metrics.py or
+marginwatch/base/stress_metrics.py."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "dashboards"
-METRICS_MODULE = ROOT / "marginwatch" / "base" / "metrics.py"
+METRICS_MODULES = tuple(ROOT / "marginwatch" / "base" / name
+                        for name in ("metrics.py", "stress_metrics.py"))  # fmt: skip
 RULES = ROOT / "deploy" / "prometheus" / "rules" / "marginwatch.yml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
@@ -71,6 +73,12 @@ ISSUE_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "marginwatch_oldest_webhook_delivery_age_seconds": ("gauge", ("partition",)),
     "marginwatch_liquidations_due": ("gauge", ("partition",)),
     "marginwatch_liquidation_capacity_per_second": ("gauge", ()),
+    "marginwatch_stress_deficit_usdt": ("gauge", ("scenario", "partition")),
+    "marginwatch_stress_pools_liquidated": ("gauge", ("scenario", "partition")),
+    "marginwatch_stress_pools_uncertain": ("gauge", ("scenario", "partition")),
+    "marginwatch_stress_liquidated_notional_usdt": ("gauge", ("scenario", "symbol", "partition")),
+    "marginwatch_stress_computed_timestamp_seconds": ("gauge", ("partition",)),
+    "marginwatch_stress_duration_seconds": ("histogram", ("partition",)),
 }
 SERIES_SUFFIXES = {
     "counter": ("",),
@@ -94,6 +102,7 @@ LABEL_VALUES = {
     "outcome": ("accepted", "rejected", "duplicate"),
     "kind": ("tick", "account", "action"),
     "queue_kind": ("evaluations", "margin_calls", "liquidations"),
+    "scenario": ("BTCUSDT:-20%", "*:-30%"),
 }
 # Grafana's variables, replaced as Grafana would for "All" and a 5-minute rate interval.
 GRAFANA_VARIABLES = {
@@ -190,10 +199,9 @@ def issue_series() -> set[str]:
 
 @cache
 def defined_metrics() -> frozenset[str]:
-    """Every series name marginwatch/base/metrics.py can expose, from the names written in it."""
-    if not METRICS_MODULE.exists():
-        pytest.fail("marginwatch/base/metrics.py does not exist (yet): no metric is defined")
-    families = set(METRIC_LITERAL.findall(METRICS_MODULE.read_text(encoding="utf-8")))
+    """Every series name the metrics modules can expose, from the names written in them."""
+    texts = [module.read_text(encoding="utf-8") for module in METRICS_MODULES]
+    families = {name for text in texts for name in METRIC_LITERAL.findall(text)}
     exposed = set(families)
     for family in families:
         base = family.removesuffix("_total")
