@@ -127,9 +127,9 @@ def test_the_producer_publishes_under_its_user(acl_redis: AclRedis) -> None:
 def test_every_daemon_runs_its_whole_job_under_its_own_user(
     acl_redis: AclRedis, tmp_path: Path
 ) -> None:
-    """The admin loads the accounts; the producer, a worker and an executor, each under its
-    own user, take an account through a margin call to its liquidation; no daemon is refused
-    anything."""
+    """The admin loads the accounts; the producer, a worker (with a stress scenario) and an
+    executor, each under its own user, take an account through a margin call to its
+    liquidation; no daemon is refused anything."""
     admin = acl_redis.client("marginwatch-admin")
     (tmp_path / "snapshot.json").write_text(json.dumps(SNAPSHOT), encoding="utf-8")
     assert run(acl_redis.url("marginwatch-admin"), "accounts", "load",
@@ -141,6 +141,7 @@ def test_every_daemon_runs_its_whole_job_under_its_own_user(
                                   ("executor", ("executor",)))]  # fmt: skip
     try:
         wait_for(lambda: admin.get(keys.partition_evaluated(0)), "an evaluation")
+        wait_for(lambda: admin.exists(keys.partition_stress(0)), "the stress figures stored")
         replay(acl_redis, tmp_path, "48950")
         wait_for(lambda: admin.xlen(keys.margin_call_events(0)) == 1, "the margin call")
         replay(acl_redis, tmp_path, "48000")
@@ -161,7 +162,8 @@ def run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def start(url: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "MARGINWATCH_REDIS_URL": url, "MARGINWATCH_PARTITIONS": "1"}
+    env = {**os.environ, "MARGINWATCH_REDIS_URL": url, "MARGINWATCH_PARTITIONS": "1",
+           "MARGINWATCH_STRESS_SCENARIOS": '["BTCUSDT:-20%"]'}  # fmt: skip
     return subprocess.Popen([sys.executable, "-m", "marginwatch", *args], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)  # fmt: skip
 

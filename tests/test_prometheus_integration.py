@@ -20,6 +20,8 @@ The scenario:
   webhook deliveries are delivered, retried and failed;
 * account events: a deposit (accepted), the same again (duplicate), one for an unknown account
   (rejected).
+* the workers compute two stress scenarios every 5 s per partition (the figures themselves are
+  checked on a book written out by hand in ``test_stress_prometheus.py``).
 
 Alert rules: thresholds and expressions are loaded verbatim, with two exceptions that only
 shorten time: every ``for:`` becomes ``FOR_DURATION`` so a test run can see alerts fire and
@@ -94,6 +96,9 @@ SCENARIOS = (
     f"{BAD_PRINT_SYMBOL}:-33.3333%:1ms@5s",  # ...then back: a bad print the jump guard refuses
 )
 MAX_JUMP_RATIO = "0.2"  # the crash moves about 1.3% a tick
+# The workers' stress scenarios, computed often enough for the duration panel's rate.
+STRESS_SCENARIOS = ["BTCUSDT:-20%", "*:-30%"]
+STRESS_INTERVAL_SECONDS = "5"
 
 # Daemon name: (its Prometheus job, its command after ``python -m marginwatch``).
 PRODUCER_ARGS = [
@@ -451,6 +456,8 @@ def pipeline(
             "MARGINWATCH_WEBHOOK_URLS": json.dumps([receiver.url("/ok"), receiver.url("/fail")]),
             "MARGINWATCH_WEBHOOK_SECRET": "integration-test",
             "MARGINWATCH_WEBHOOK_MAX_ATTEMPTS": "2",
+            "MARGINWATCH_STRESS_SCENARIOS": json.dumps(STRESS_SCENARIOS),
+            "MARGINWATCH_STRESS_INTERVAL_SECONDS": STRESS_INTERVAL_SECONDS,
         }
         for name in ("executor", "worker-a", "worker-b"):
             stack.callback(stop_process, start_daemon(running, name, env, ports[name]))
