@@ -2,6 +2,7 @@
 
     python -m benchmarks.pipeline            # 200,000 accounts, 200 symbols, 120 s
     python -m benchmarks.pipeline --accounts 20000 --seconds 20 --naive-seconds 10
+    python -m benchmarks.pipeline --stress 'BTCUSDT:-20%' --stress '*:-10%'   # workers run stress
 
 Starts a private redis-server, publishes one round of the synthetic market's start prices,
 generates a book near those marks (topped up to about 3 positions per account) and stores it in
@@ -19,6 +20,9 @@ shipped ones and, for ``--symbols`` past them, synthetic symbols (``SYN0001USDT`
 their brackets (``benchmarks.symbols``). It, the daemon logs, ``timeline.csv`` (per second:
 evaluation lag, queues, margin calls and their latency) and, with ``--py-spy``, raw py-spy
 stacks of every worker and executor stay in a temporary directory (printed). ``--executors``
-and ``--partitions`` are deployment knobs. Ctrl-C or SIGTERM stops every child process and the
-server.
+and ``--partitions`` are deployment knobs. ``--stress SCENARIO`` (repeatable) has the workers
+compute those stress scenarios every ``--stress-interval`` seconds per partition
+(``MARGINWATCH_STRESS_SCENARIOS``), so that runs with and without compare; the figures block
+then gives the computations' own duration, from the workers' ``/metrics``. Ctrl-C or SIGTERM
+stops every child process and the server.
 """

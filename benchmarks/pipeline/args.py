@@ -58,6 +58,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--crash-every", type=float, default=10.0, help="seconds between starts")
     parser.add_argument("--crash-first", type=float, default=5.0, help="first crash start (s)")
     parser.add_argument(
+        "--stress",
+        metavar="SCENARIO",
+        action="append",
+        default=[],
+        help="a stress scenario the workers compute (repeatable; its shocks space-separated, "
+        "e.g. 'BTCUSDT:-20%% *:-10%%'): MARGINWATCH_STRESS_SCENARIOS; none: no stress",
+    )
+    parser.add_argument(
+        "--stress-interval",
+        type=float,
+        default=30.0,
+        help="MARGINWATCH_STRESS_INTERVAL_SECONDS with --stress",
+    )
+    parser.add_argument(
         "--py-spy", action="store_true", help="profile the daemons over the run (logs dir)"
     )
     parser.add_argument("--naive-seconds", type=float, default=30.0, help="0: skip baseline")

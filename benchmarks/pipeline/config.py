@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from marginwatch.base import metrics
+from marginwatch.base import metrics, stress_metrics
 
 WORKERS = 2
 # The state Redis persists as docker-compose.yml deploys it (the cluster's nodes do not).
@@ -22,11 +22,12 @@ POSITIONS_METRIC = metrics.POSITIONS_EVALUATED
 EVALUATIONS_METRIC = metrics.EVALUATIONS
 DURATION_METRIC = metrics.EVALUATION_DURATION
 TICK_AGE_METRIC = metrics.TICK_AGE
-HISTOGRAMS = (DURATION_METRIC, TICK_AGE_METRIC)
+STRESS_DURATION_METRIC = stress_metrics.STRESS_DURATION
+HISTOGRAMS = (DURATION_METRIC, TICK_AGE_METRIC, STRESS_DURATION_METRIC)
 SCRAPED = (
     POSITIONS_METRIC,
     EVALUATIONS_METRIC,
-    *(f"{name}_{part}" for name in (DURATION_METRIC, TICK_AGE_METRIC) for part in ("sum", "count")),
+    *(f"{name}_{part}" for name in HISTOGRAMS for part in ("sum", "count")),
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NAIVE_SCRIPT = Path(__file__).resolve().parents[1] / "naive_baseline.py"

@@ -87,6 +87,7 @@ def print_pipeline(ctx: Context, book: Book, run: PipelineRun) -> None:
             f"{run.evaluation_ms[1]:.0f} ms; age of the newest tick when an evaluation starts: "
             f"mean {run.tick_age_ms[0]:.1f} ms, p99 <= {run.tick_age_ms[1]:.0f} ms"
         )
+    print_stress(ctx, run)
     print_latency(run)
     print_backlog(run)
     print_memory(run.samples, book)
@@ -104,6 +105,21 @@ def print_pipeline(ctx: Context, book: Book, run: PipelineRun) -> None:
     print(
         "  busiest other processes alive through the window: " + ("; ".join(run.others) or "none")
     )
+
+
+def print_stress(ctx: Context, run: PipelineRun) -> None:
+    """The workers' stress computations, when ``--stress`` configured any."""
+    if not ctx.args.stress:
+        print("stress scenarios: none (--stress)")
+        return
+    scenarios = f"{len(ctx.args.stress)} ({', '.join(ctx.args.stress)})"
+    every = f"every {ctx.args.stress_interval:g} s per partition"
+    if not run.stress_ms:
+        print(f"stress scenarios: {scenarios} {every}; no computation in the window")
+        return
+    count, mean, p99 = run.stress_ms
+    print(f"stress scenarios: {scenarios} {every}: {count:.0f} computations in the window, "
+          f"one partition's all scenarios in mean {mean:.1f} ms, p99 <= {p99:.0f} ms")  # fmt: skip
 
 
 def print_latency(run: PipelineRun) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from benchmarks.pipeline.config import (
     DURATION_METRIC,
     FIRST_EVALUATION_TIMEOUT_S,
     POSITIONS_METRIC,
+    STRESS_DURATION_METRIC,
     TICK_AGE_METRIC,
 )
 from benchmarks.pipeline.daemons import (
@@ -65,6 +67,7 @@ class PipelineRun:
     accounts_evaluated: float = 0.0
     evaluation_ms: tuple[float, ...] = ()  # mean, p99 (histogram bucket bound)
     tick_age_ms: tuple[float, ...] = ()
+    stress_ms: tuple[float, ...] = ()  # computations, mean, p99 (histogram bucket bound)
     drain_seconds: float | None = None
     latencies_ms: list[float] = field(default_factory=list)
     emitted_s: list[float] = field(default_factory=list)
@@ -108,8 +111,17 @@ def start_pipeline(ctx: Context) -> list[int]:
         port = free_port()
         ports.append(port)
         command = marginwatch("worker", "--partitions", spec, "--loglevel", "WARNING")
-        ctx.daemons.start(f"worker-{number}", command, MARGINWATCH_METRICS_PORT=str(port))
+        ctx.daemons.start(f"worker-{number}", command, MARGINWATCH_METRICS_PORT=str(port),
+                          **stress_env(ctx.args))  # fmt: skip
     return ports
+
+
+def stress_env(args: argparse.Namespace) -> dict[str, str]:
+    """The workers' stress settings of ``--stress`` and ``--stress-interval`` (none without)."""
+    if not args.stress:
+        return {}
+    return {"MARGINWATCH_STRESS_SCENARIOS": json.dumps(args.stress),
+            "MARGINWATCH_STRESS_INTERVAL_SECONDS": f"{args.stress_interval:g}"}  # fmt: skip
 
 
 def empty_worker_rss_kib(ctx: Context) -> int:
@@ -268,6 +280,7 @@ def count_evaluations(
                 metric_quantile(before, after, TICK_AGE_METRIC, 0.99),
             )
         )
+        run.stress_ms = stress_durations(before, after)
         return
     run.method = (
         "evaluations counted from keyspace notifications on each partition's evaluated key "
@@ -275,6 +288,16 @@ def count_evaluations(
     )
     positions = sum(n * p for n, p in zip(run.evaluations, book.partition_positions, strict=True))
     run.positions_evaluated = positions / run.seconds
+
+
+def stress_durations(before: Mapping[str, float], after: Mapping[str, float]) -> tuple[float, ...]:
+    """Stress computations in the window (over every partition), their mean and p99 in ms."""
+    name = STRESS_DURATION_METRIC
+    count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+    if not count:
+        return ()
+    mean, p99 = metric_mean(before, after, name), metric_quantile(before, after, name, 0.99)
+    return count, 1000 * mean, 1000 * p99
 
 
 def stream_entries(
