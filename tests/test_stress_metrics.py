@@ -123,6 +123,15 @@ def test_an_evaluation_exports_each_scenario_figured_by_hand(
     assert sample(registry, "marginwatch_stress_duration_seconds_count", partition="0") == 1
 
 
+def test_the_book_keeps_the_figures_of_its_marks(runtime: WorkerRuntime) -> None:
+    """The scenarios run in a buffer of their own: after them the book's figures are those of
+    the marks (both pools ok, bob's UPNL 0), not of the last scenario (both liquidated)."""
+    run_evaluation(runtime, 0)
+    result = runtime.book(0).result
+    assert result.status.tolist() == [0, 0]
+    assert result.upnl.tolist() == [0.0, 0.0]
+
+
 def test_the_scenarios_are_computed_at_most_once_per_interval(
     runtime: WorkerRuntime, registry: CollectorRegistry
 ) -> None:
