@@ -21,6 +21,7 @@ from marginwatch.engine.brackets import (
     default_tables,
     load_bracket_file,
 )
+from marginwatch.engine.episodes import EpisodeRules
 from marginwatch.engine.types import (
     DEFAULT_MARGIN_CALL_RATIO,
     DEFAULT_WARNING_RATIO,
@@ -144,6 +145,11 @@ class Settings(BaseSettings):
         """A pool's margin-call episode ends below this ratio (``margin_call_ratio −
         margin_call_hysteresis``); the next margin call needs a new episode."""
         return self.margin_call_ratio - self.margin_call_hysteresis
+
+    @property
+    def episode_rules(self) -> EpisodeRules:
+        """Where a margin-call episode starts and below which it ends."""
+        return EpisodeRules(self.margin_call_ratio, self.rearm_below)
 
     def liquidation_fee_rate_for(self, symbol: str) -> Decimal:
         return self.liquidation_fee_rates.get(symbol, self.liquidation_fee_rate)

@@ -115,6 +115,20 @@ def evaluate_pool(
     return _pool_report(wallet, members, thresholds)
 
 
+def evaluate_members(
+    account: Account,
+    members: Sequence[Position],
+    mark_prices: Mapping[str, Decimal],
+    tables: Mapping[str, BracketTable],
+    thresholds: Thresholds,
+) -> PoolReport:
+    """The pool of ``account`` made of ``members`` (its cross positions, or one isolated
+    position) on its own wallet: the cross wallet, or the isolated position's."""
+    isolated = len(members) == 1 and members[0].is_isolated
+    wallet = members[0].isolated_wallet if isolated else account.cross_wallet_balance
+    return evaluate_pool(wallet or f.ZERO, members, mark_prices, tables, thresholds)
+
+
 def evaluate_account(
     account: Account,
     mark_prices: Mapping[str, Decimal],

@@ -33,12 +33,12 @@ from redis.client import Pipeline
 
 from marginwatch.base import keys
 from marginwatch.base.actions import Action
-from marginwatch.base.pools import CROSS_POOL, in_pool
+from marginwatch.base.pools import in_pool
 from marginwatch.base.report import decimal_string
 from marginwatch.base.settings import Settings
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.closeout import ClosedPosition, Closeout, close_out
-from marginwatch.engine.exact import PoolReport, evaluate_pool
+from marginwatch.engine.exact import PoolReport, evaluate_members
 from marginwatch.engine.types import Account, Position, Status
 from marginwatch.executor.margin_calls import EVENTS_MAXLEN, now_ms
 from marginwatch.state.accounts import StoredAccount, record_account_write, stored_account
@@ -306,8 +306,7 @@ def pool_verdict(
     members = [p for p in account.positions if in_pool(p, pool_name)]
     if not members:
         return Skip("gone", "pool no longer open")
-    wallet = account.cross_wallet_balance if pool_name == CROSS_POOL else members[0].isolated_wallet
-    pool = evaluate_pool(wallet or Decimal(0), members, marks, tables, settings.thresholds)
+    pool = evaluate_members(account, members, marks, tables, settings.thresholds)
     if pool.status is not Status.LIQUIDATION:
         return Skip("rescued", f"rescued: margin ratio {decimal_string(pool.margin_ratio)}")
     return Liquidate(pool, members)

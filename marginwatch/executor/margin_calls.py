@@ -145,7 +145,7 @@ def _read_accounts_of(
 
 def _calls(pool: PoolReport, settings: Settings) -> bool:
     """Whether the pool's exact ratio still calls for a margin call."""
-    return pool.margin_ratio is None or pool.margin_ratio >= settings.margin_call_ratio
+    return settings.episode_rules.calls(pool.margin_ratio)
 
 
 def _pool_at(
@@ -177,7 +177,7 @@ def execute_resolution(
     found = _current_pool(client, tables, settings, action, bad)
     if found is not None:
         _report, pool, _members = found
-        if pool.margin_ratio is None or pool.margin_ratio >= settings.rearm_below:
+        if not settings.episode_rules.resolves(pool.margin_ratio):
             return "not_confirmed"
     event = {"e": "MARGIN_CALL_RESOLVED", "E": now_ms()}
     fields = _fields("resolved", action, None if found is None else found[1], event)

@@ -24,13 +24,11 @@ from marginwatch.base.pools import pool_of
 from marginwatch.base.settings import Settings
 from marginwatch.base.ticks import Tick
 from marginwatch.engine import batch
+from marginwatch.engine.episodes import LIQUIDATION_CODE, due_for
 from marginwatch.engine.exact import evaluate_account
 from marginwatch.engine.types import STATUS_ORDER, Status
 from marginwatch.state.accounts import StoredAccount, read_accounts
 from marginwatch.worker.partition import PartitionBook
-
-MARGIN_CALL_CODE = Status.MARGIN_CALL.severity
-LIQUIDATION_CODE = Status.LIQUIDATION.severity
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,19 +138,16 @@ def newest_tick(symbols: list[str], ticks: Mapping[str, Tick]) -> Tick | None:
 def due_actions(
     book: PartitionBook, pool: int, figures: Figures, settings: Settings
 ) -> tuple[list[ActionKind], bool]:
-    """Actions due for a pool given its figures, and whether it is in an episode after them
-    (the book is not changed here)."""
-    kinds, in_episode = [], bool(book.in_episode[pool])
-    ratio = figures.margin_ratio
-    if figures.status is Status.LIQUIDATION and book.confirmed_status[pool] != LIQUIDATION_CODE:
-        kinds.append(ActionKind.LIQUIDATION)
-    if not in_episode and figures.status.severity >= MARGIN_CALL_CODE:
-        kinds.insert(0, ActionKind.MARGIN_CALL)
-        in_episode = True
-    elif in_episode and ratio is not None and ratio < settings.rearm_below:
-        kinds.append(ActionKind.MARGIN_CALL_RESOLVED)
-        in_episode = False
-    return kinds, in_episode
+    """Actions due for a pool given its figures (``engine.episodes.due_for``), in the order
+    they are sent, and whether it is in an episode after them (the book is not changed
+    here)."""
+    due = due_for(figures.status, figures.margin_ratio, bool(book.in_episode[pool]),
+                  book.confirmed_status[pool] == LIQUIDATION_CODE,
+                  settings.episode_rules)  # fmt: skip
+    kinds = [ActionKind.MARGIN_CALL] if due.margin_call else []
+    kinds += [ActionKind.LIQUIDATION] if due.liquidation else []
+    kinds += [ActionKind.MARGIN_CALL_RESOLVED] if due.resolution else []
+    return kinds, due.in_episode
 
 
 def action_for(book: PartitionBook, pool: int, kind: ActionKind, figures: Figures) -> Action:

@@ -28,14 +28,11 @@ from marginwatch.base.actions import Action, ActionKind
 from marginwatch.base.settings import Settings
 from marginwatch.base.ticks import Tick
 from marginwatch.engine import batch
+from marginwatch.engine.episodes import LIQUIDATION_CODE, candidate_pools
+from marginwatch.engine.episodes import settle_quiet_pools as settle_pools
 from marginwatch.state.due import due_pools, queue_due
 from marginwatch.state.episodes import open_episodes
-from marginwatch.worker.decisions import (
-    LIQUIDATION_CODE,
-    MARGIN_CALL_CODE,
-    Decision,
-    decide_candidates,
-)
+from marginwatch.worker.decisions import Decision, decide_candidates
 from marginwatch.worker.partition import PartitionBook
 
 RISKIEST_KEPT = 20
@@ -110,13 +107,10 @@ def select_candidates(
     book: PartitionBook, settings: Settings, pools: batch.IntArray | None = None
 ) -> batch.IntArray:
     """Of ``pools`` (``None``: every pool), those where an action may be due: to be confirmed
-    with the exact path."""
+    with the exact path (``engine.episodes.candidate_pools``)."""
     pools = np.arange(book.book.pools) if pools is None else pools
-    status, ratio = book.result.status[pools], book.result.margin_ratio[pools]
-    entering = (status >= MARGIN_CALL_CODE) & (book.confirmed_status[pools] != status)
-    recovering = book.in_episode[pools] & (ratio < float(settings.rearm_below))
-    selected: batch.IntArray = pools[entering | recovering | book.result.uncertain[pools]]
-    return selected
+    return candidate_pools(pools, book.result, book.confirmed_status, book.in_episode,
+                           settings.rearm_below)  # fmt: skip
 
 
 def settle_quiet_pools(
@@ -125,9 +119,7 @@ def settle_quiet_pools(
     """Of ``pools``, those below margin call need no action: their batch status is their
     status."""
     pools = np.arange(book.book.pools) if pools is None else pools
-    quiet = pools[np.isin(pools, candidates, invert=True)]
-    quiet = quiet[book.result.status[quiet] < MARGIN_CALL_CODE]
-    book.confirmed_status[quiet] = book.result.status[quiet]
+    settle_pools(pools, candidates, book.result, book.confirmed_status)
 
 
 def record_due(client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome) -> None:
