@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     producer = commands.add_parser("producer", help="publish mark-price ticks")
     add_producer_arguments(producer)
     _add_stress(commands)
+    _add_replay(commands)
     status = commands.add_parser("status", help="live ratios and liquidation prices")
     status.add_argument("account", nargs="?", help="one account (default: the riskiest)")
     commands.add_parser(
@@ -148,6 +149,25 @@ def _add_stress(commands: Any) -> None:
         help=f"with --impact: the most rounds of a scenario (default {MAX_ROUNDS})",
     )
     stress.add_argument("--json", action="store_true", help="the JSON document instead of a table")
+
+
+def _add_replay(commands: Any) -> None:
+    """``marginwatch replay``: a path of mark prices through a snapshot's book, offline."""
+    replay = commands.add_parser(
+        "replay", help="run a path of mark prices through a snapshot's book (no Redis)"
+    )
+    replay.add_argument(
+        "--snapshot", metavar="BOOK.json", required=True, help="the book (the evaluate schema)"
+    )
+    replay.add_argument(
+        "--ticks", metavar="PATH.csv", required=True, help="symbol,event_time,mark_price rows"
+    )
+    replay.add_argument(
+        "--insurance-fund",
+        metavar="AMOUNT",
+        help=f"the fund in USDT before the path (default {SNAPSHOT_INSURANCE_FUND})",
+    )
+    replay.add_argument("--json", action="store_true", help="the JSON document instead of a table")
 
 
 def _read(path: str, stdin: TextIO) -> str:

@@ -1,6 +1,6 @@
 """The commands that read settings: ``accounts load``, ``worker``, ``executor``, ``producer``,
-``status``, ``stress``, ``migrate`` and ``demo``, given the settings ``marginwatch.cli.main``
-read once. Errors are reported there."""
+``status``, ``stress``, ``replay``, ``migrate`` and ``demo``, given the settings
+``marginwatch.cli.main`` read once. Errors are reported there."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def run(
         return run_producer(args, settings, set(bracket_tables(settings)))
     elif command == "migrate":
         return migrate_keys(settings, stdout)
-    elif command in {"status", "stress"}:
+    elif command in {"status", "stress", "replay"}:
         return report_command(args, settings, stdout, stderr)
     elif command == "demo":
         return demo_command(args, settings, stdout)
@@ -71,11 +71,15 @@ def demo_command(args: argparse.Namespace, settings: Settings, stdout: TextIO) -
 def report_command(
     args: argparse.Namespace, settings: Settings, stdout: TextIO, stderr: TextIO
 ) -> int:
-    """``status`` or ``stress``: commands that read the book and print a report."""
+    """``status``, ``stress`` or ``replay``: commands that read the book and print a report."""
     if args.command == "status":
         from marginwatch.cli.status import print_status  # noqa: PLC0415 (only this command)
 
         return print_status(settings, args.account, stdout)
+    if args.command == "replay":
+        from marginwatch.cli.replay import run_replay  # noqa: PLC0415 (only this command)
+
+        return run_replay(args, settings, stdout, stderr)
     from marginwatch.cli.stress import run_stress  # noqa: PLC0415 (only this command)
 
     return run_stress(args, settings, stdout, stderr)

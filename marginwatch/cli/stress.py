@@ -91,8 +91,10 @@ class Progress:
     """Progress lines on stderr, at most one per ``PROGRESS_EVERY_SECONDS``, the first that
     long after the start of a step (the read, the scenarios): a short step prints none."""
 
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream, self.clock = stream, clock
+    def __init__(
+        self, stream: TextIO, clock: Callable[[], float] = time.monotonic, command: str = "stress"
+    ) -> None:
+        self.stream, self.clock, self.command = stream, clock, command
         self.restart()
 
     def restart(self) -> None:
@@ -102,7 +104,7 @@ class Progress:
     def note(self, text: str) -> None:
         now = self.clock()
         if now >= self.due_at:
-            self.stream.write(f"marginwatch stress: {text}\n")
+            self.stream.write(f"marginwatch {self.command}: {text}\n")
             self.stream.flush()
             self.due_at = now + PROGRESS_EVERY_SECONDS
 

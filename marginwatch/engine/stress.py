@@ -94,14 +94,16 @@ def stress_book(columns: Columns, brackets: BracketArrays) -> StressBook:
 
 
 def warm_up() -> None:
-    """Load the screen's compiled loops (numba) on an empty book, so that a timed run does not
-    count their loading."""
+    """Load the screen's compiled loops (numba: the full pass and the listed pools') on an
+    empty book, so that a timed run does not count their loading."""
     tables = BracketArrays(("X",), np.full((1, 2), np.inf), np.zeros((1, 2)), np.zeros((1, 2)),
                            {"X": 0})  # fmt: skip
     empty = Columns(np.zeros(0, np.int64), np.zeros(0, np.bool_), np.zeros(0, np.int32),
                     np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))  # fmt: skip
     book, _order = book_from_columns(empty)
-    evaluate_ratios(book, tables, np.ones(1), Thresholds(), BatchResult.allocate(book))
+    out = BatchResult.allocate(book)
+    evaluate_ratios(book, tables, np.ones(1), Thresholds(), out)
+    evaluate_ratios(book, tables, np.ones(1), Thresholds(), out, pools=np.zeros(0, np.int64))
 
 
 @dataclass(frozen=True)
