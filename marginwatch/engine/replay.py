@@ -263,9 +263,11 @@ class Execution:
         return [event for event in events if event is not None]
 
     def margin_call(self, pool: int) -> ReplayEvent | None:
-        """Emitted if the exact ratio still calls for it; else the episode is not open."""
+        """Emitted if the pool is still open and its exact ratio still calls for it; else the
+        episode is not open."""
         report = self.replay.exact(pool)
-        if not self.replay.rules.episodes.calls(report.margin_ratio):
+        gone = not self.replay.members(pool)
+        if gone or not self.replay.rules.episodes.calls(report.margin_ratio):
             self.replay.in_episode[pool] = False
             return None
         return self.event(EventKind.MARGIN_CALL, pool, report)
