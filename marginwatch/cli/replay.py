@@ -10,6 +10,7 @@ how long the read and the replay take, when a progress line is due.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from typing import TextIO
 from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.replay_report import ReplayRun, replay_document, replay_table
 from marginwatch.base.settings import Settings
-from marginwatch.base.snapshot import Snapshot
+from marginwatch.base.snapshot import Snapshot, collector_paused
 from marginwatch.base.stress_specs import SpecError, StressSpecs, insurance_fund_of
 from marginwatch.cli.errors import InputError
 from marginwatch.cli.stress import Progress, read_snapshot
@@ -47,7 +48,9 @@ def run_replay(args: argparse.Namespace, settings: Settings, stdout: TextIO, std
     warm_up()
     fund = fund_of(args.insurance_fund)
     started = time.perf_counter()
-    loaded = load(args, settings, fund)
+    with collector_paused():
+        loaded = load(args, settings, fund)
+    gc.freeze()  # the book lives as long as the command: no collection walks it again
     read_seconds = time.perf_counter() - started
     progress.restart()
     started = time.perf_counter()

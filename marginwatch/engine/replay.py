@@ -146,7 +146,9 @@ class Replay:
         """The next moment of the path: its marks, then the pools they move."""
         self.counts.moments += 1
         self.marks.update(moment.marks)
-        previous, self.floats = self.floats, self.brackets.marks_array(self.marks)
+        previous, self.floats = self.floats, self.floats.copy()
+        for symbol, mark in moment.marks.items():
+            self.floats[self.brackets.index[symbol]] = float(mark)
         moved = self.symbol_pools.pools_of(changed_symbols(self.floats, previous))
         return self.evaluate(moved, self.counts.moments, moment.event_time_ms)
 
