@@ -135,3 +135,29 @@ def test_a_bad_fund_and_a_missing_file_are_named(tmp_path: Path) -> None:
                              timeout=120, check=False)  # fmt: skip
     assert missing.returncode == 2
     assert missing.stderr == f"marginwatch: --ticks: {tmp_path / 'none.csv'}: no such file\n"
+
+
+def test_the_documented_example() -> None:
+    """docs/replay.md's example (its arithmetic is written out there): bob called, held in the
+    hysteresis band, resolved, called again and liquidated in deficit; alice's isolated SOL
+    long liquidated with its fee capped at what it held."""
+    examples = Path(__file__).parent.parent / "examples"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MARGINWATCH_")}
+    result = subprocess.run([SCRIPT, "replay", "--snapshot", str(examples / "snapshot.json"),
+                             "--ticks", str(examples / "crash.csv"), "--insurance-fund", "5000",
+                             "--json"], env=env, capture_output=True, text=True, timeout=120,
+                            check=False)  # fmt: skip
+    found = document(result)
+    timeline = [(e["moment"], e["kind"], e["account_id"], e.get("fee"), e.get("deficit_covered"))
+                for e in found["events"]]  # fmt: skip
+    assert timeline == [
+        (3, "margin_call", "bob", None, None),
+        (5, "resolved", "bob", None, None),
+        (6, "margin_call", "bob", None, None),
+        (6, "liquidation", "bob", "0", "1000"),
+        (7, "margin_call", "alice", None, None),
+        (7, "liquidation", "alice", "44", "0"),
+    ]
+    # 376.3 / 450 and 378.4 / 600, cut toward zero to 8 decimals
+    assert [e["margin_ratio"] for e in found["events"][:2]] == ["0.83622222", "0.63066666"]
+    assert found["insurance_fund_end"] == "4044"
