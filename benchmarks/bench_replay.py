@@ -2,8 +2,9 @@
 
     python benchmarks/bench_replay.py [--accounts 1000000] [--ticks 1000] [--seed 1]
 
-The book is the demo's (``marginwatch demo``: ``cli.book_generator`` at the demo's marks on its
-six symbols; ``--accounts 2000 --seed 1`` is the demo book itself), written as a snapshot. The
+The book is the demo's (``cli.book_generator`` at the demo's marks on its six symbols;
+``--accounts 2000 --seed 1`` is the book ``marginwatch demo --write-book`` writes), written as
+a snapshot one account at a time. The
 path is the demo's crash: BTCUSDT falls 12% over the first 60% of the ticks, then recovers half
 of it; the other symbols move half as much. One tick a row, the symbols in turn, 50 ms apart
 (each row is its own moment). The real command runs as a child process with ``--json``; the
