@@ -1,0 +1,152 @@
+"""ADL ranking over a whole ``batch.Book`` in floats: every row's LeveragePnl, its rank among
+its (symbol, side), its quantile, and a partition's sketches (the rules: ``engine.adl``).
+
+A row is ranked when it holds a position (quantity not 0) and its score is finite (its symbol
+has a mark); other rows score ``nan``, rank ``-1`` and have quantile ``-1``.
+
+The float error bound. With ``u = 2⁻⁵³``, a row's ``UPNL = Q·(MP − EP)`` is within ``δU =
+4u·|Q|·(MP + EP)`` of its exact value and a pool's ``MM`` and ``MB`` within ``e = 2u·(n +
+10)·gross`` (``batch``'s bound, ``gross`` taken with ``MM <= |Q|·MP``). So ``PnlPercent = A``
+is within ``δA = δU / max(1, WB) + 3u·A`` and, when ``MB − e > 0``, ``MarginRatio = B`` within
+``δB = e·(1 + B) / (MB − e) + 3u·B`` (0 when ``MB + e <= 0``: both ratios are 0; infinite
+otherwise, the sign of ``MB`` in doubt). The score ``A·B`` is then within ``t = 2·(δA·(B + δB)
++ (A + δA)·δB + u·A·B)`` (a factor 2 for the second-order terms): ``score_error_bounds``.
+Two rows whose scores differ by more than the sum of their bounds are in the exact order, so
+the float ``below`` of a row lies between the exact counts of the rows scoring less than
+``s − t_row − t_other`` and less than ``s + t_row + t_other`` (``tests/test_adl.py`` checks it
+on random books); it is the exact ``below`` unless another row is that close.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from marginwatch.engine.adl import HIGHEST_QUANTILE, QUANTILES, ScoreSketch
+from marginwatch.engine.batch import BatchResult, Book, FloatArray, IntArray, row_pool
+
+Int8Array = npt.NDArray[np.int8]
+UNIT_ROUNDOFF = 2.0**-53
+UNRANKED = -1
+SideKey = tuple[int, int]  # (symbol index, side index: 0 long, 1 short)
+
+
+def row_sides(book: Book) -> Int8Array:
+    """Per row: 0 (long) for a positive quantity, 1 (short) otherwise (``adl.SIDES``)."""
+    return (book.quantity < 0.0).astype(np.int8)
+
+
+def row_upnl(book: Book, marks: FloatArray) -> FloatArray:
+    """Per row: ``Q × (MP − EP)``."""
+    upnl: FloatArray = book.quantity * (marks[book.symbol] - book.entry_price)
+    return upnl
+
+
+def pool_ratios(book: Book, result: BatchResult) -> FloatArray:
+    """Per pool: ``MM / MB`` if ``MB > 0``, else 0 (``MB = WB + Σ UPNL``)."""
+    balance = book.pool_wallet + result.upnl
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio: FloatArray = np.where(balance > 0.0, result.maintenance_margin / balance, 0.0)
+    return ratio
+
+
+def row_scores(book: Book, result: BatchResult, marks: FloatArray) -> FloatArray:
+    """Per row: ``max(0, UPNL) / max(1, WB) × MarginRatio`` of its pool (``nan``: unranked),
+    from the pools' sums in ``result`` at ``marks``."""
+    pool = row_pool(book)
+    percent = np.maximum(0.0, row_upnl(book, marks)) / np.maximum(1.0, book.pool_wallet[pool])
+    scores: FloatArray = percent * pool_ratios(book, result)[pool]
+    scores[(book.quantity == 0.0) | ~np.isfinite(scores)] = np.nan
+    return scores
+
+
+def score_error_bounds(book: Book, result: BatchResult, marks: FloatArray) -> FloatArray:
+    """Per row: ``t``, the bound on its float score's error (the module docstring)."""
+    u, pool = UNIT_ROUNDOFF, row_pool(book)
+    size, mark = np.abs(book.quantity), marks[book.symbol]
+    gross = np.abs(book.pool_wallet) + np.bincount(
+        pool, weights=size * (2.0 * mark + book.entry_price), minlength=book.pools
+    )
+    error = 2.0 * u * (np.diff(book.pool_starts) + 10.0) * gross
+    balance = book.pool_wallet + result.upnl
+    ratio = pool_ratios(book, result)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio_error = np.where(
+            balance - error > 0.0, error * (1.0 + ratio) / (balance - error) + 3.0 * u * ratio,
+            np.where(balance + error <= 0.0, 0.0, np.inf),
+        )[pool]  # fmt: skip
+    wallet = np.maximum(1.0, book.pool_wallet[pool])
+    percent = np.maximum(0.0, row_upnl(book, marks)) / wallet
+    percent_error = 4.0 * u * size * (mark + book.entry_price) / wallet + 3.0 * u * percent
+    ratio = ratio[pool]
+    with np.errstate(invalid="ignore"):
+        bound = 2.0 * (percent_error * (ratio + ratio_error)
+                       + (percent + percent_error) * ratio_error + u * percent * ratio)  # fmt: skip
+    return np.where(np.isinf(ratio_error), np.inf, bound)
+
+
+@dataclass(frozen=True)
+class RowRanks:
+    """Per row: ``below`` (the ranked rows of its symbol and side scoring strictly lower) and
+    ``count`` (the ranked rows of its symbol and side); ``-1`` and 0 for an unranked row."""
+
+    below: IntArray
+    count: IntArray
+
+    def quantiles(self) -> Int8Array:
+        """Per row: ``min(4, floor(5 × below / count))``, -1 unranked."""
+        count = np.maximum(self.count, 1)
+        quantile = np.minimum(HIGHEST_QUANTILE, QUANTILES * self.below // count)
+        return np.where(self.below >= 0, quantile, UNRANKED).astype(np.int8)
+
+
+def sorted_ranked(book: Book, scores: FloatArray) -> tuple[IntArray, IntArray]:
+    """The ranked rows ordered by (symbol, side, score), and each one's (symbol, side) key
+    ``2 × symbol + side``."""
+    key = 2 * book.symbol.astype(np.int64) + row_sides(book)
+    ranked = np.flatnonzero(np.isfinite(scores))
+    order = ranked[np.lexsort((scores[ranked], key[ranked]))]
+    return order, key[order]
+
+
+def rank_rows(book: Book, scores: FloatArray) -> RowRanks:
+    """``below`` and ``count`` of every row with a finite score, per (symbol, side)."""
+    order, key = sorted_ranked(book, scores)
+    ordered, position = scores[order], np.arange(order.shape[0])
+    new_key = np.ones(order.shape[0], dtype=np.bool_)
+    new_key[1:] = key[1:] != key[:-1]
+    new_score = new_key.copy()
+    new_score[1:] |= ordered[1:] != ordered[:-1]
+    key_first = np.maximum.accumulate(np.where(new_key, position, 0))
+    score_first = np.maximum.accumulate(np.where(new_score, position, 0))
+    group = np.cumsum(new_key) - 1
+    below = np.full(book.positions, UNRANKED, dtype=np.int64)
+    count = np.zeros(book.positions, dtype=np.int64)
+    below[order] = score_first - key_first
+    count[order] = np.bincount(group)[group]
+    return RowRanks(below, count)
+
+
+def row_quantiles(book: Book, scores: FloatArray) -> Int8Array:
+    """Per row: its quantile among its (symbol, side), the legs of a group (an account's cross
+    legs of one symbol) sharing the largest; -1 unranked."""
+    quantile = rank_rows(book, scores).quantiles()
+    if book.positions == 0:
+        return quantile
+    shared = np.maximum.reduceat(quantile, book.group_starts[:-1])
+    shared_rows = np.repeat(shared, np.diff(book.group_starts))
+    return np.where(quantile >= 0, shared_rows, UNRANKED).astype(np.int8)
+
+
+def sketches(book: Book, scores: FloatArray) -> dict[SideKey, ScoreSketch]:
+    """Per (symbol index, side index) with ranked rows: the sketch of their scores."""
+    order, key = sorted_ranked(book, scores)
+    ordered = scores[order]
+    keys, starts = np.unique(key, return_index=True)
+    stops = np.append(starts[1:], key.shape[0])[: starts.shape[0]]
+    return {
+        (int(k) // 2, int(k) % 2): ScoreSketch.of_sorted(ordered[start:stop].tolist())
+        for k, start, stop in zip(keys, starts, stops, strict=True)
+    }
