@@ -9,7 +9,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+
+from tests.adl_book import HAND_BOOK, HAND_QUANTILES, MARK
+from tests.stress_book import MARKS, write_snapshot
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "snapshot.json"
 
@@ -159,3 +163,20 @@ def test_published_schemas_are_current(document: str) -> None:
     """docs/schemas holds exactly what the models generate."""
     published = EXAMPLE.parent.parent / "docs" / "schemas" / f"{document}.schema.json"
     assert json.loads(published.read_text()) == json.loads(run("schema", document).stdout)
+
+
+def test_evaluate_ranks_adl_quantiles_among_the_snapshot(tmp_path: Path) -> None:
+    """Each position's ``adl_quantile`` is its rank among the snapshot's positions of its
+    symbol and side (tests/adl_book.py works them out); the report says so, and validates
+    against the published schema of version 2."""
+    snapshot = write_snapshot(tmp_path / "book.json", HAND_BOOK, {**MARKS, **MARK})
+    result = run("evaluate", str(snapshot))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    found = {a["account_id"]: tuple(p["adl_quantile"] for p in a["positions"])
+             for a in report["accounts"]}  # fmt: skip
+    assert found == HAND_QUANTILES
+    assert report["adl"] == {"ranked_among": "snapshot"}
+    schema = json.loads((EXAMPLE.parent.parent / "docs/schemas/report.schema.json").read_text())
+    assert schema["version"] == 2
+    jsonschema.validate(report, schema)

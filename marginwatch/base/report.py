@@ -1,20 +1,30 @@
-"""The report contract (output of ``marginwatch evaluate``): decimal strings, null where undefined.
+"""The report contract (output of ``marginwatch evaluate`` and ``status ACCOUNT``): decimal
+strings, null where undefined.
 
 Numbers are written like Binance's API strings: at most 8 decimals, cut toward zero (Binance's
 positionRisk shows ``initialMargin`` 49.72023376 / 20 as ``2.48601168``), trailing zeros dropped.
+
+Versions of the contract (``REPORT_SCHEMA_VERSION``, the ``version`` of its JSON Schema):
+
+* 1: accounts, their cross pools and positions;
+* 2 adds each position's optional ``adl_quantile`` (0-4, ``engine.adl``) and the optional
+  ``adl`` (what the quantiles were ranked among, and when that is not known, why). Optional
+  fields are absent when unknown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from decimal import ROUND_DOWN, Decimal
+from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from marginwatch.engine.exact import AccountReport, PoolReport, PositionReport
 from marginwatch.engine.types import MarginMode, PositionSide, Status
 
 DECIMALS = Decimal("0.00000001")
+REPORT_SCHEMA_VERSION = 2
 
 
 def decimal_string(value: Decimal | None) -> str | None:
@@ -60,6 +70,9 @@ class PositionOut(_Out):
     bankruptcy_price: str | None
     margin_ratio: str | None
     status: Status
+    adl_quantile: int | None = Field(
+        default=None, ge=0, le=4, description="ADL quantile, 0-4 (4: deleveraged first)"
+    )
 
 
 class AccountOut(_Out):
@@ -68,10 +81,36 @@ class AccountOut(_Out):
     positions: list[PositionOut]
 
 
+class AdlRanking(StrEnum):
+    """What ``adl_quantile`` ranks a position among: every position of the evaluated snapshot
+    (exactly), or the venue's, merged from the partitions' sketches (an estimate)."""
+
+    SNAPSHOT = "snapshot"
+    PARTITION_SKETCHES = "partition_sketches"
+
+
+class AdlOut(_Out):
+    """How the ADL quantiles were ranked; ``note`` says why they are absent, or what to mind."""
+
+    ranked_among: AdlRanking
+    sketch_age_seconds: str | None = Field(default=None, description="the oldest sketch's age")
+    rank_error_bound: int | None = Field(
+        default=None, description="positions by which a rank may be overestimated, at most"
+    )
+    note: str | None = None
+
+
 class ReportModel(_Out):
     """The whole report, accounts and positions in input order."""
 
+    model_config = ConfigDict(json_schema_extra={"version": REPORT_SCHEMA_VERSION})
+
     accounts: list[AccountOut]
+    adl: AdlOut | None = None
+
+    def to_json(self) -> str:
+        """The document: optional fields left out when not set."""
+        return self.model_dump_json(indent=2, exclude_unset=True)
 
 
 def _cross_out(pool: PoolReport) -> CrossOut:
@@ -85,7 +124,7 @@ def _cross_out(pool: PoolReport) -> CrossOut:
     )
 
 
-def _position_out(report: PositionReport) -> PositionOut:
+def _position_out(report: PositionReport, adl_quantile: int | None) -> PositionOut:
     position = report.position
 
     def number(value: Decimal) -> str:
@@ -107,18 +146,30 @@ def _position_out(report: PositionReport) -> PositionOut:
         bankruptcy_price=decimal_string(report.bankruptcy_price),
         margin_ratio=decimal_string(report.margin_ratio),
         status=report.pool.status,
+        **({} if adl_quantile is None else {"adl_quantile": adl_quantile}),
     )
 
 
-def render_report(reports: Iterable[AccountReport]) -> ReportModel:
-    """The report document for evaluated accounts."""
-    return ReportModel(
-        accounts=[
-            AccountOut(
-                account_id=report.account.account_id,
-                cross=_cross_out(report.cross),
-                positions=[_position_out(position) for position in report.positions],
-            )
-            for report in reports
-        ]
+def render_report(
+    reports: Iterable[AccountReport],
+    adl_quantiles: Sequence[Sequence[int] | None] | None = None,
+    adl: AdlOut | None = None,
+) -> ReportModel:
+    """The report document for evaluated accounts; ``adl_quantiles`` per account (``None``:
+    unknown) in position order, and how they were ranked."""
+    accounts = list(reports)
+    quantiles = adl_quantiles if adl_quantiles is not None else [None] * len(accounts)
+    rendered = [
+        AccountOut(
+            account_id=report.account.account_id,
+            cross=_cross_out(report.cross),
+            positions=[
+                _position_out(position, None if known is None else known[k])
+                for k, position in enumerate(report.positions)
+            ],
+        )
+        for report, known in zip(accounts, quantiles, strict=True)
+    ]
+    return (
+        ReportModel(accounts=rendered) if adl is None else ReportModel(accounts=rendered, adl=adl)
     )

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from marginwatch.base.account_lines import LOAD_FORMATS
 from marginwatch.base.exits import EXIT_OK
-from marginwatch.base.report import ReportModel, render_report
+from marginwatch.base.report import AdlOut, AdlRanking, ReportModel, render_report
 from marginwatch.base.settings import LOG_LEVELS, Settings, read_settings
 from marginwatch.base.snapshot import SnapshotError, SnapshotModel, parse_snapshot
 from marginwatch.base.stress_specs import (
@@ -21,6 +21,7 @@ from marginwatch.base.stress_specs import (
 )
 from marginwatch.cli.config import print_config
 from marginwatch.cli.errors import InputError, report
+from marginwatch.engine.adl import report_quantiles
 from marginwatch.engine.brackets import BracketTableError, load_bracket_file
 from marginwatch.engine.exact import evaluate_account
 from marginwatch.engine.types import (
@@ -204,7 +205,8 @@ def run_evaluate(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> Non
         evaluate_account(account, snapshot.mark_prices, snapshot.tables, thresholds, venue)
         for account in snapshot.accounts
     ]
-    stdout.write(render_report(reports).model_dump_json(indent=2) + "\n")
+    ranked = AdlOut(ranked_among=AdlRanking.SNAPSHOT)
+    stdout.write(render_report(reports, report_quantiles(reports), ranked).to_json() + "\n")
 
 
 def run_schema(args: argparse.Namespace, stdout: TextIO) -> None:
