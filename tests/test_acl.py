@@ -129,7 +129,8 @@ def test_every_daemon_runs_its_whole_job_under_its_own_user(
 ) -> None:
     """The admin loads the accounts; the producer, a worker (with a stress scenario) and an
     executor, each under its own user, take an account through a margin call to its
-    liquidation; no daemon is refused anything."""
+    liquidation (the worker writing its ADL sketch); no daemon is refused anything; the
+    executor's user reads the sketch (status runs under it in the compose deployment)."""
     admin = acl_redis.client("marginwatch-admin")
     (tmp_path / "snapshot.json").write_text(json.dumps(SNAPSHOT), encoding="utf-8")
     assert run(acl_redis.url("marginwatch-admin"), "accounts", "load",
@@ -142,6 +143,7 @@ def test_every_daemon_runs_its_whole_job_under_its_own_user(
     try:
         wait_for(lambda: admin.get(keys.partition_evaluated(0)), "an evaluation")
         wait_for(lambda: admin.exists(keys.partition_stress(0)), "the stress figures stored")
+        wait_for(lambda: admin.hexists(keys.adl_sketches(0), "written_at"), "the ADL sketch")
         replay(acl_redis, tmp_path, "48950")
         wait_for(lambda: admin.xlen(keys.margin_call_events(0)) == 1, "the margin call")
         replay(acl_redis, tmp_path, "48000")
@@ -151,6 +153,7 @@ def test_every_daemon_runs_its_whole_job_under_its_own_user(
             daemon.terminate()
             daemon.wait(timeout=30)
     logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    assert acl_redis.client("marginwatch-executor").hexists(keys.adl_sketches(0), "written_at")
     assert "NOPERM" not in logs
     assert "NoPermission" not in logs
 

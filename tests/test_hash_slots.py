@@ -139,7 +139,7 @@ def test_every_key_of_a_partition_shares_its_slot() -> None:
             keys.applier_lease(partition), keys.applier_fence(partition),
             keys.margin_call_events(partition), keys.liquidations(partition),
             keys.insurance_fund(partition), keys.episode(partition, "alice", "cross"),
-            keys.idempotency(partition, "event:1"),
+            keys.idempotency(partition, "event:1"), keys.adl_sketches(partition),
         ]  # fmt: skip
         assert len({key_slot(name.encode()) for name in names}) == 1, partition
     prices = (keys.PRICES, keys.TICK_SEQUENCE, keys.TICKS)

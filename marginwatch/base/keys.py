@@ -56,6 +56,7 @@ _WEBHOOK_OUTBOX = "webhook-outbox"  # stream: one entry per event and URL
 _WEBHOOK_RETRIES = "webhook-outbox:retries"  # zset outbox entry id -> ms of its next attempt
 _WEBHOOK_ATTEMPTS = "webhook-outbox:attempts"  # hash outbox entry id -> failed attempts
 _WEBHOOK_DEAD_LETTERS = "webhook-outbox:dead"  # stream: deliveries given up, with the reason
+_ADL_SKETCHES = "adl-sketches"  # hash "SYMBOL:SIDE" -> the sketch of its ADL scores
 
 # The layout before partitions carried hash tags (read only by ``marginwatch migrate``).
 LEGACY_PRICES = PREFIX + "prices"
@@ -212,3 +213,9 @@ def partition_replicated(partition: int) -> str:
     """A counter an executor increments on the partition's primary right before ``WAIT``, so
     the wait covers the liquidation it just wrote there."""
     return _of(partition, _REPLICATED)
+
+
+def adl_sketches(partition: int) -> str:
+    """The sketches of the partition's ADL scores, one field per symbol and side, and when its
+    worker wrote them (``state.adl``)."""
+    return _of(partition, _ADL_SKETCHES)

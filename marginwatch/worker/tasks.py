@@ -26,7 +26,7 @@ from marginwatch.runtime.process import Runtime
 from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.due import due_backlog, overdue
 from marginwatch.state.identity import RedisIdentity, redis_identity
-from marginwatch.worker import instrumentation, stress_metrics
+from marginwatch.worker import adl_sketch, instrumentation, stress_metrics
 from marginwatch.worker.evaluation import (
     EvaluationOutcome,
     evaluate_partition,
@@ -109,6 +109,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
         if outcome.actions:
             crash.at("worker:after-send")
         finish_evaluation(runtime.client, book, outcome)
+        adl_sketch.publish_if_due(runtime.client, book, outcome)
     log.debug("partition %s: %s", partition, outcome)
     instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
     stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome)
