@@ -3,11 +3,13 @@
 Without an account: the riskiest pools that the partition workers last saw, the newest margin
 calls and liquidations over every partition, and the insurance fund (the sum of the partitions'
 ledgers). With one: the account's full report (the
-``evaluate`` contract) at the newest marks, computed exactly.
+``evaluate`` contract) at the newest marks, computed exactly, with each position's ADL quantile
+ranked venue-wide against the partitions' sketches (``cli.status_adl``).
 """
 
 from __future__ import annotations
 
+import time
 from typing import TextIO
 
 import redis
@@ -16,6 +18,7 @@ from marginwatch.base import keys
 from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.report import render_report
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
+from marginwatch.cli.status_adl import venue_quantiles
 from marginwatch.engine.exact import evaluate_account
 from marginwatch.state import streams
 from marginwatch.state.accounts import read_account
@@ -48,7 +51,8 @@ def account_report(client: redis.Redis, settings: Settings, account_id: str) -> 
         raise ConfigurationError(f"no mark price yet for {', '.join(missing)}")
     tables = bracket_tables(settings)
     report = evaluate_account(stored.account, marks, tables, settings.thresholds, settings.venue)
-    return render_report([report]).model_dump_json(indent=2)
+    quantiles, adl = venue_quantiles(client, settings.partitions, report, time.time())
+    return render_report([report], [quantiles], adl).to_json()
 
 
 def riskiest(client: redis.Redis, partitions: int, count: int) -> list[tuple[str, float]]:
