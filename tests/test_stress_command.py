@@ -21,7 +21,8 @@ from marginwatch.cli.main import main
 from marginwatch.cli.stress import Progress
 from marginwatch.producer.publisher import Publisher
 from marginwatch.state.fund import credit_ledger
-from tests.stress_book import write_brackets, write_snapshot
+from tests.stress_book import BOOK, write_brackets, write_snapshot
+from tests.test_stress_adl import COUNTERPARTIES
 
 D = Decimal
 SCRIPT = Path(sys.executable).parent / "marginwatch"
@@ -65,7 +66,7 @@ def test_the_json_contract_on_a_snapshot(tmp_path: Path) -> None:
     assert D(found["read_seconds"]) >= 0
     assert D(found["scenario_seconds"]) >= 0
     [scenario] = found["scenarios"]
-    assert list(scenario) == SCENARIO_KEYS
+    assert list(scenario) == [*SCENARIO_KEYS, "deleveraged"]  # the fund is exhausted
     assert scenario["name"] == "BTCUSDT:-20%"
     assert scenario["shocks"] == {"BTCUSDT": "-0.20", "ETHUSDT": "0"}
     assert (scenario["pools_margin_call"], scenario["pools_liquidated"]) == (1, 4)
@@ -81,6 +82,39 @@ def test_the_json_contract_on_a_snapshot(tmp_path: Path) -> None:
         "notional": "70000", "deficit": "1000",
     }  # fmt: skip
     assert (erin["pool"], erin["deficit"]) == ("isolated:BTCUSDT:BOTH", "400")
+    # A fund of 1,400 takes the whole deficit: nothing is left to deleverage.
+    assert [(d["symbol"], d["bankrupt_side"], d["bankrupt_quantity"], d["quantity"])
+            for d in scenario["deleveraged"]] == [("BTCUSDT", "LONG", "1.1", "0"),
+                                                  ("ETHUSDT", "SHORT", "10", "0")]  # fmt: skip
+
+
+def test_who_adl_takes_in_the_document_and_the_table(tmp_path: Path) -> None:
+    """A fund of 700 for a deficit of 1,400: half of each bankrupt quantity is deleveraged,
+    from the counterparties of tests/test_stress_adl.py (which works the figures out)."""
+    book = [*BOOK, *COUNTERPARTIES]
+    snapshot = write_snapshot(tmp_path / "book.json", book)
+    args = ["--snapshot", str(snapshot), "--shock", "BTCUSDT:-20%", "--insurance-fund", "700"]
+    [scenario] = document(stress(*args, "--adl-top", "2", "--json"))["scenarios"]
+    btc, eth = scenario["deleveraged"]
+    assert btc == {
+        "symbol": "BTCUSDT", "bankrupt_side": "LONG", "bankrupt_quantity": "1.1",
+        "quantity": "0.55", "counterparties": 3, "filled_by": 2, "unfilled": "0",
+        "top": [
+            {"account_id": "hal", "pool": "isolated:BTCUSDT:BOTH", "position_side": "BOTH",
+             "quantity": "-0.4", "leverage_pnl": "0.04", "adl_quantile": 3, "taken": "0.4"},
+            {"account_id": "gus", "pool": "cross", "position_side": "BOTH", "quantity": "-0.5",
+             "leverage_pnl": "0.02", "adl_quantile": 1, "taken": "0.15"},
+        ],
+    }  # fmt: skip
+    assert (eth["quantity"], eth["filled_by"], eth["unfilled"]) == ("5", 1, "1")
+    table = stress(*args)
+    assert table.returncode == 0, table.stderr
+    assert "deleveraged in BTCUSDT:-20% (fund exhausted; quantities estimated):" in table.stdout
+    assert "  BTCUSDT LONG bankrupt 1.1: 0.55 from 3 SHORT positions, filled by 2\n" in table.stdout
+    assert "  ETHUSDT SHORT bankrupt 10: 5 from 1 LONG positions, filled by 1, 1 unfilled\n" in (
+        table.stdout
+    )
+    assert "LeveragePnl         0.04  quantile 3  takes 0.4" in table.stdout
 
 
 def test_rounds_of_price_impact_in_the_document_and_the_table(tmp_path: Path) -> None:
@@ -90,7 +124,7 @@ def test_rounds_of_price_impact_in_the_document_and_the_table(tmp_path: Path) ->
     snapshot = write_snapshot(tmp_path / "book.json")
     args = ["--snapshot", str(snapshot), "--shock", "BTCUSDT:-20%", "--impact", "BTCUSDT:10%/52000"]
     [scenario] = document(stress(*args, "--json"))["scenarios"]
-    assert list(scenario) == [*SCENARIO_KEYS, "converged", "rounds"]
+    assert list(scenario) == [*SCENARIO_KEYS, "converged", "rounds", "deleveraged"]  # fund 0
     assert (scenario["deficit"], scenario["pools_liquidated"], scenario["converged"]) == (
         "3175", 5, True)  # fmt: skip
     first, second = scenario["rounds"]
@@ -109,10 +143,11 @@ def test_rounds_of_price_impact_in_the_document_and_the_table(tmp_path: Path) ->
 
 
 def test_without_impact_the_document_has_no_rounds(tmp_path: Path) -> None:
-    """The contract's keys only: rounds are there with ``--impact`` alone."""
+    """The contract's keys only: rounds are there with ``--impact`` alone, and who ADL takes
+    with the fund exhausted alone (a fund of 2,000 covers the deficit of 1,400)."""
     snapshot = write_snapshot(tmp_path / "book.json")
     [scenario] = document(stress("--snapshot", str(snapshot), "--shock", "BTCUSDT:-20%",
-                                 "--json"))["scenarios"]  # fmt: skip
+                                 "--insurance-fund", "2000", "--json"))["scenarios"]  # fmt: skip
     assert list(scenario) == SCENARIO_KEYS
 
 
@@ -221,6 +256,7 @@ def _cleared(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--shock", "BTCUSDT:-2%", "--impact", "*:1%/5", "--impact", "*:2%/5"],
          "--impact: * given twice"),
         (["--shock", "BTCUSDT:-2%", "--max-rounds", "3"], "--max-rounds: only with --impact"),
+        (["--shock", "BTCUSDT:-2%", "--adl-top", "-1"], "--adl-top: -1: expected 0 or more"),
         (["--shock", "BTCUSDT:-2%", "--impact", "*:1%/5", "--max-rounds", "0"],
          "--max-rounds: 0: expected at least 1"),
     ],

@@ -15,8 +15,16 @@ With ``--impact`` each scenario also has ``"converged"`` and ``"rounds"``: per r
 first), ``pools_liquidated`` (newly), ``liquidated_notional`` and ``net_forced_sale`` per
 symbol, and ``deficit`` (the screen's, to the cent).
 
-Counts are integers, money and moves decimal strings: moves exactly as given (``-0.20``; ``0``
-when unmoved), money as the evaluation report writes it (``base.report.decimal_string``).
+When a scenario's deficit exhausts the fund, it also has ``"deleveraged"`` (``engine.stress_adl``):
+per symbol and side of the bankrupt positions, ``symbol``, ``bankrupt_side``,
+``bankrupt_quantity``, the estimated ``quantity`` to deleverage, how many ``counterparties``
+are ranked, how many fill the quantity (``filled_by``), what they cannot (``unfilled``), and the
+``top`` counterparties, highest LeveragePnl first: ``account_id``, ``pool``, ``position_side``,
+``quantity`` (signed), ``leverage_pnl``, ``adl_quantile`` and the quantity ``taken``.
+
+Counts are integers, money, quantities and moves decimal strings: moves exactly as given
+(``-0.20``; ``0`` when unmoved), money and quantities as the evaluation report writes them
+(``base.report.decimal_string``).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Any
 from marginwatch.base.pools import CROSS_POOL, isolated_pool
 from marginwatch.base.report import decimal_string
 from marginwatch.engine.stress import ExactPool, Round, ScenarioOutcome, fund_exhausted
+from marginwatch.engine.stress_adl import Counterparty, Deleveraging
 
 SECONDS_FORMAT = ".3f"
 _COLUMNS = (
@@ -84,11 +93,14 @@ def stress_document(run: StressRun, outcomes: Sequence[ScenarioOutcome]) -> dict
 
 
 def scenario_entry(outcome: ScenarioOutcome, run: StressRun) -> dict[str, Any]:
-    """One scenario's entry, with its rounds when the run has them."""
+    """One scenario's entry, with its rounds when the run has them, and who ADL takes when
+    the fund is exhausted."""
     entry = scenario_document(outcome, run.fund)
     if run.rounds:
         entry["converged"] = outcome.converged
         entry["rounds"] = [round_document(found) for found in outcome.rounds]
+    if outcome.deleveraged:
+        entry["deleveraged"] = [deleveraging_document(found) for found in outcome.deleveraged]
     return entry
 
 
@@ -138,6 +150,34 @@ def contributor_document(found: ExactPool) -> dict[str, Any]:
     }
 
 
+def deleveraging_document(found: Deleveraging) -> dict[str, Any]:
+    """What ADL takes for one symbol and bankrupt side."""
+    return {
+        "symbol": found.symbol,
+        "bankrupt_side": found.bankrupt_side.value,
+        "bankrupt_quantity": money(found.bankrupt_quantity),
+        "quantity": money(found.quantity),
+        "counterparties": found.counterparties,
+        "filled_by": found.filled_by,
+        "unfilled": money(found.unfilled),
+        "top": [counterparty_document(c) for c in found.top],
+    }
+
+
+def counterparty_document(found: Counterparty) -> dict[str, Any]:
+    """One counterparty ADL takes, exactly."""
+    position = found.position
+    return {
+        "account_id": found.account.account_id,
+        "pool": isolated_pool(position) if position.is_isolated else CROSS_POOL,
+        "position_side": position.position_side.value,
+        "quantity": money(position.quantity),
+        "leverage_pnl": money(found.leverage_pnl),
+        "adl_quantile": found.quantile,
+        "taken": money(found.taken),
+    }
+
+
 def pool_name(found: ExactPool) -> str:
     """``cross`` or ``isolated:SYMBOL:SIDE``."""
     return isolated_pool(found.positions[0]) if found.isolated else CROSS_POOL
@@ -151,7 +191,8 @@ def stress_table(run: StressRun, outcomes: Sequence[ScenarioOutcome]) -> str:
     lines += ["", f"read the book in {format(run.read_seconds, SECONDS_FORMAT)} s; "
               f"ran {len(outcomes)} scenarios in {seconds} s"]  # fmt: skip
     rounds = round_lines(outcomes) if run.rounds else []
-    return "\n".join(lines + rounds + contributor_lines(outcomes)) + "\n"
+    tail = contributor_lines(outcomes) + deleveraged_lines(outcomes)
+    return "\n".join(lines + rounds + tail) + "\n"
 
 
 def book_line(run: StressRun) -> str:
@@ -221,3 +262,39 @@ def round_line(found: Round) -> str:
 def move_percent(move: Decimal) -> str:
     """A move as a signed percentage to four decimals: ``-0.03123456`` → ``-3.1235%``."""
     return f"{move * 100:+.4f}%"
+
+
+def deleveraged_lines(outcomes: Sequence[ScenarioOutcome]) -> list[str]:
+    """Who ADL takes in the scenario of the largest deficit, if it exhausts the fund."""
+    worst = max(outcomes, key=lambda outcome: outcome.deficit, default=None)
+    if worst is None or not worst.deleveraged:
+        return []
+    lines = ["", f"deleveraged in {worst.scenario.name} (fund exhausted; quantities estimated):"]
+    for found in worst.deleveraged:
+        lines += [
+            f"  {deleveraging_line(found)}",
+            *(f"    {counterparty_line(c)}" for c in found.top),
+        ]
+    return lines
+
+
+def deleveraging_line(found: Deleveraging) -> str:
+    """``BTCUSDT LONG bankrupt 1.1: 0.55 from 3 SHORT positions, filled by 2``."""
+    side = found.bankrupt_side.value
+    opposite = "SHORT" if side == "LONG" else "LONG"
+    unfilled = f", {money(found.unfilled)} unfilled" if found.unfilled else ""
+    return (
+        f"{found.symbol} {side} bankrupt {money(found.bankrupt_quantity)}: "
+        f"{money(found.quantity)} from {found.counterparties:,} {opposite} positions, "
+        f"filled by {found.filled_by:,}{unfilled}"
+    )
+
+
+def counterparty_line(found: Counterparty) -> str:
+    """``acct-1  cross  quantity -0.5  LeveragePnl 0.02  quantile 1  takes 0.15``."""
+    document = counterparty_document(found)
+    return (
+        f"{document['account_id']:<24} {document['pool']:<28} quantity {document['quantity']:>14}"
+        f"  LeveragePnl {document['leverage_pnl']:>12}  quantile {found.quantile}"
+        f"  takes {document['taken']}"
+    )

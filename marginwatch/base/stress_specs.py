@@ -37,6 +37,7 @@ PROGRESS_EVERY_SECONDS = 1.0  # a progress line on stderr at most this often, th
 LIVE_CONSISTENCY = "one read per partition"  # how consistent a live book is (state.live_book)
 SNAPSHOT_CONSISTENCY = "one snapshot"
 MAX_ROUNDS = 20  # --max-rounds when not given: the most rounds of a scenario with --impact
+ADL_TOP = 10  # --adl-top when not given: the counterparties ADL would take first, shown
 
 SHOCK_FORMAT = "SYMBOL:MOVE% or *:MOVE%, e.g. BTCUSDT:-20% or '*:-10%'"
 GRID_FORMAT = "START%:STOP%:STEP%, e.g. -30%:30%:5%"
@@ -84,6 +85,7 @@ class StressSpecs:
     insurance_fund: str | None = None
     impacts: Sequence[str] = ()
     max_rounds: int | None = None
+    adl_top: int | None = None
 
 
 def insurance_fund_of(specs: StressSpecs, snapshot: bool) -> Decimal:
@@ -268,3 +270,11 @@ def max_rounds_of(specs: StressSpecs) -> int:
     if rounds < 1:
         raise SpecError(f"--max-rounds: {rounds}: expected at least 1")
     return rounds
+
+
+def adl_top_of(specs: StressSpecs) -> int:
+    """``--adl-top``: at least 0 (default ``ADL_TOP``)."""
+    top = ADL_TOP if specs.adl_top is None else specs.adl_top
+    if top < 0:
+        raise SpecError(f"--adl-top: {top}: expected 0 or more")
+    return top

@@ -30,6 +30,7 @@ from marginwatch.base.stress_specs import (
     TOP_CONTRIBUTORS,
     SpecError,
     StressSpecs,
+    adl_top_of,
     betas_of,
     impact_of,
     insurance_fund_of,
@@ -50,6 +51,7 @@ from marginwatch.engine.stress import (
     stress_book,
     warm_up,
 )
+from marginwatch.engine.stress_adl import Deleverage
 from marginwatch.engine.types import Account
 from marginwatch.state.connection import open_redis
 from marginwatch.state.live_book import check_partition_count, read_live_book
@@ -64,6 +66,7 @@ class Plan:
     betas: Betas | None
     fund: Decimal
     cascade: Cascade | None
+    adl_top: int
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def run_stress(args: argparse.Namespace, settings: Settings, stdout: TextIO, std
     read_seconds = time.perf_counter() - started
     prepared = prepare(plan, loaded)
     started = time.perf_counter()
-    outcomes = run_all(loaded, prepared, plan.cascade, progress)
+    outcomes = run_all(loaded, prepared, plan, progress)
     run = stress_run(loaded, read_at, read_seconds, time.perf_counter() - started)
     run = replace(run, rounds=plan.cascade is not None)
     document = json.dumps(stress_document(run, outcomes), indent=2) + "\n"
@@ -136,6 +139,7 @@ def specs_of(args: argparse.Namespace) -> StressSpecs:
         args.insurance_fund,
         args.impact or (),
         args.max_rounds,
+        args.adl_top,
     )
 
 
@@ -157,7 +161,8 @@ def plan_of(specs: StressSpecs, tables: Mapping[str, BracketTable], snapshot: bo
     try:
         scenarios = scenarios_of(specs, tables, MAX_SCENARIOS)
         fund = insurance_fund_of(specs, snapshot)
-        return Plan(scenarios, betas_of(specs, tables), fund, cascade_of(specs, tables))
+        betas, cascade = betas_of(specs, tables), cascade_of(specs, tables)
+        return Plan(scenarios, betas, fund, cascade, adl_top_of(specs))
     except SpecError as error:
         raise InputError(str(error)) from None
 
@@ -253,16 +258,18 @@ def prepared(
 
 
 def run_all(
-    loaded: Loaded, prepared: Sequence[Prepared], cascade: Cascade | None, progress: Progress
+    loaded: Loaded, prepared: Sequence[Prepared], plan: Plan, progress: Progress
 ) -> list[ScenarioOutcome]:
-    """Every scenario in turn (with its rounds under a ``cascade``), over one buffer of the
-    screen."""
+    """Every scenario in turn (with its rounds under the plan's cascade, and who ADL takes
+    when the fund is exhausted), over one buffer of the screen."""
     progress.restart()
     out = BatchResult.allocate(loaded.book.book)
+    deleverage = Deleverage(loaded.fund, plan.adl_top)
     outcomes = []
     for number, item in enumerate(prepared, start=1):
         outcomes.append(run_scenario(loaded.book, loaded.exact, item.scenario, item.shown,
-                                     item.marks, TOP_CONTRIBUTORS, out, cascade))  # fmt: skip
+                                     item.marks, TOP_CONTRIBUTORS, out, plan.cascade,
+                                     deleverage))  # fmt: skip
         progress.note(f"scenario {number} of {len(prepared)} ({item.scenario.name}) done")
     return outcomes
 

@@ -18,7 +18,8 @@ At the shocked marks ``MP'`` (``engine.scenarios``):
 * the fund is exhausted when the deficit is positive and at least the fund
   (``fund_exhausted``);
 * the largest contributors are the pools of the largest deficits, each evaluated exactly
-  (``exact.evaluate_pool`` and ``closeout.close_out`` in ``Decimal``).
+  (``exact.evaluate_pool`` and ``closeout.close_out`` in ``Decimal``);
+* when the fund is exhausted, who ADL would take: ``engine.stress_adl``.
 
 The liquidated notional is a float sum of the screen, given to the cent. The deficit is the
 contributors' exact deficits plus the screen's of the other pools, to the cent: exact when at
@@ -37,6 +38,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import numpy as np
 import numpy.typing as npt
 
+from marginwatch.engine import stress_adl
 from marginwatch.engine.batch import (
     BatchResult,
     Book,
@@ -159,6 +161,7 @@ class ScenarioOutcome:
     contributors: tuple[ExactPool, ...]
     rounds: tuple[Round, ...] = ()
     converged: bool = True
+    deleveraged: tuple[stress_adl.Deleveraging, ...] = ()  # with the fund exhausted
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,7 @@ class Rounds:
         self.notional = np.zeros(len(sb.brackets.symbols))
         self.marks: list[Mapping[str, Decimal]] = []
         self.rounds: list[Round] = []
+        self.screened_at: Mapping[str, Decimal] = {}  # the marks of the last screen
 
     def add(
         self, sb: StressBook, out: BatchResult, newly: BoolArray, moved: Mapping[str, Decimal],
@@ -220,13 +224,16 @@ def run_scenario(
     top: int,
     out: BatchResult,
     cascade: Cascade | None = None,
+    deleverage: stress_adl.Deleverage | None = None,
 ) -> ScenarioOutcome:
-    """The scenario's outcome at the shocked ``marks`` (``out``: the screen's buffer), and
-    with a ``cascade`` its later rounds, each at the marks the round before moved."""
+    """The scenario's outcome at the shocked ``marks`` (``out``: the screen's buffer), with
+    a ``cascade`` its later rounds, each at the marks the round before moved, and with
+    ``deleverage`` who ADL takes if the fund is exhausted."""
     rounds = Rounds(sb)
     status, converged = run_rounds(sb, exact, marks, out, rounds, cascade)
     closed = rounds.closed
     contributors = largest_contributors(sb, exact, rounds.marks_of, rounds.deficits, top)
+    deficit = total_deficit(rounds.deficits, contributors)
     return ScenarioOutcome(
         scenario=scenario,
         moves=moves,
@@ -234,10 +241,26 @@ def run_scenario(
         pools_liquidated=int(np.count_nonzero(closed)),
         accounts_liquidated=int(np.unique(sb.book.pool_account[closed]).shape[0]),
         liquidated_notional=cents_of(sb, rounds.notional),
-        deficit=total_deficit(rounds.deficits, contributors),
+        deficit=deficit,
         contributors=contributors,
         rounds=tuple(rounds.rounds),
         converged=converged,
+        deleveraged=deleveraged(sb, exact, rounds, out, deficit, deleverage),
+    )
+
+
+def deleveraged(
+    sb: StressBook, exact: ExactPath, rounds: Rounds, out: BatchResult, deficit: Decimal,
+    deleverage: stress_adl.Deleverage | None,
+) -> tuple[stress_adl.Deleveraging, ...]:  # fmt: skip
+    """Who ADL takes at the scenario's end, when asked and the fund is exhausted."""
+    if deleverage is None or not fund_exhausted(deficit, deleverage.fund):
+        return ()
+    end = stress_adl.ScenarioEnd(
+        rounds.screened_at, out, rounds.closed, rounds.deficits, deficit, deleverage.fund
+    )
+    return stress_adl.deleveraged(
+        sb, end, deleverage.top, lambda pool: exact_pool(sb, exact, end.marks, pool)
     )
 
 
@@ -249,6 +272,7 @@ def run_rounds(
     or is the last the cascade allows; the last statuses, and whether it converged."""
     moved: Mapping[str, Decimal] = {}
     while True:
+        rounds.screened_at = marks
         evaluate_ratios(sb.book, sb.brackets, sb.brackets.marks_array(marks), exact.thresholds, out)
         status = decided_status(sb, exact, marks, out, rounds.closed)
         newly = (status == LIQUIDATION_CODE) & ~rounds.closed
