@@ -43,7 +43,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal, localcontext
+from decimal import Context, Decimal
 
 from marginwatch.engine.exact import AccountReport, PositionReport
 from marginwatch.engine.types import Position, PositionSide
@@ -52,6 +52,7 @@ QUANTILES = 5  # quantiles 0 .. 4
 HIGHEST_QUANTILE = QUANTILES - 1
 SKETCH_POINTS = 64
 PRODUCT_DIGITS = 100  # enough for the products of two 28-digit figures, exactly
+PRODUCTS = Context(prec=PRODUCT_DIGITS)  # the arithmetic of a score's products
 ONE = Decimal(1)
 ZERO = Decimal(0)
 SIDES = (PositionSide.LONG, PositionSide.SHORT)  # a side's index in the batch path's arrays
@@ -68,11 +69,8 @@ def leverage_pnl(
     rounded once, so scores equal as fractions are equal ``Decimal``s (ties stay ties)."""
     if balance <= 0 or unrealized_pnl <= 0:
         return ZERO
-    with localcontext() as exact:
-        exact.prec = PRODUCT_DIGITS
-        numerator = unrealized_pnl * maintenance
-        denominator = max(ONE, wallet) * balance
-    return numerator / denominator
+    numerator = PRODUCTS.multiply(unrealized_pnl, maintenance)
+    return numerator / PRODUCTS.multiply(max(ONE, wallet), balance)
 
 
 def side_of(quantity: Decimal | float) -> PositionSide:
