@@ -17,8 +17,9 @@ ended at (its last round's):
   ``filled_by`` counts the counterparties needed (all of them when they cannot fill it, then
   ``unfilled`` is what is left).
 
-Quantities are float sums of the screen, to 8 decimals; the ``top`` counterparties shown are
-exact (their score by the exact path, their quantity and what they give in ``Decimal``).
+Quantities are summed exactly in units of ``10⁻⁸`` (``quantity_units``); the ``top``
+counterparties shown are exact (their score by the exact path, their quantity and what they
+give in ``Decimal``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from marginwatch.engine.types import Account, Position, PositionSide
 if TYPE_CHECKING:  # stress imports this module
     from marginwatch.engine.stress import ExactPool, StressBook
 
-QUANTITY_PLACES = Decimal("0.00000001")
+UNIT_DIGITS = 8  # quantities are summed in units of 10⁻⁸
+QUANTITY_PLACES = Decimal(1).scaleb(-UNIT_DIGITS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,53 +95,55 @@ def deleveraged(
 ) -> tuple[Deleveraging, ...]:
     """Per symbol and side of the bankrupt positions, by symbol then side: what ADL takes;
     ``pool_at`` evaluates a pool exactly at the end's marks."""
-    book, floats = sb.book, sb.brackets.marks_array(end.marks)
-    scores = adl_batch.row_scores(book, end.out, floats)
+    book = sb.book
+    scores = adl_batch.row_scores(book, end.out, sb.brackets.marks_array(end.marks))
     scores[end.closed[sb.row_pool]] = np.nan  # liquidated pools are not counterparties
     quantiles = adl_batch.row_quantiles(book, scores)
+    key = 2 * book.symbol.astype(np.int64) + adl_batch.row_sides(book)
     bankrupt = ((end.deficits > 0.0)[sb.row_pool]) & (book.quantity != 0.0)
+    held = np.zeros(2 * len(sb.brackets.symbols), dtype=np.int64)
+    np.add.at(held, key[bankrupt], quantity_units(book.quantity[bankrupt]))
     share = (end.deficit - max(ZERO, end.fund)) / end.deficit
-    sides = adl_batch.row_sides(book)
-    found = []
-    for key in np.unique(2 * book.symbol[bankrupt].astype(np.int64) + sides[bankrupt]):
-        symbol, side = int(key) // 2, int(key) % 2
-        rows = np.flatnonzero(bankrupt & (book.symbol == symbol) & (sides == side))
-        held = quantity_of(float(np.abs(book.quantity[rows]).sum()))
-        ranked = ranked_counterparties(sb, scores, symbol, 1 - side)
-        found.append(deleveraging(sb, end, (symbol, side), held, held * share, ranked,
-                                  quantiles, top, pool_at))  # fmt: skip
-    return tuple(found)
+    ranked, ranked_key = ranked_counterparties(scores, key)
+    return tuple(
+        deleveraging(sb, end, int(k), of_units(int(held[k])), share,
+                     of_key(ranked, ranked_key, int(k) ^ 1), quantiles, top, pool_at)
+        for k in np.flatnonzero(held)
+    )  # fmt: skip
 
 
-def ranked_counterparties(sb: StressBook, scores: FloatArray, symbol: int, side: int) -> IntArray:
-    """The rows of ``symbol`` and ``side`` with a score, highest first (ties in book order)."""
-    book = sb.book
-    rows = np.flatnonzero(
-        np.isfinite(scores) & (book.symbol == symbol) & (adl_batch.row_sides(book) == side)
-    )
-    ordered: IntArray = rows[np.lexsort((rows, -scores[rows]))]
-    return ordered
+def ranked_counterparties(scores: FloatArray, key: IntArray) -> tuple[IntArray, IntArray]:
+    """The rows with a score, by key (``2 × symbol + side``), then highest score first, then
+    in book order; and their keys."""
+    rows = np.flatnonzero(np.isfinite(scores))
+    ordered: IntArray = rows[np.lexsort((rows, -scores[rows], key[rows]))]
+    return ordered, key[ordered]
+
+
+def of_key(ranked: IntArray, ranked_key: IntArray, key: int) -> IntArray:
+    """The ranked rows of ``key`` (the other side of a symbol: ``key ^ 1``)."""
+    rows: IntArray = ranked[np.searchsorted(ranked_key, key) : np.searchsorted(ranked_key, key + 1)]
+    return rows
 
 
 def deleveraging(
-    sb: StressBook, end: ScenarioEnd, key: tuple[int, int], held: Decimal, wanted: Decimal,
+    sb: StressBook, end: ScenarioEnd, key: int, held: Decimal, share: Decimal,
     ranked: IntArray, quantiles: adl_batch.Int8Array, top: int,
     pool_at: Callable[[int], ExactPool],
 ) -> Deleveraging:  # fmt: skip
-    """One symbol and bankrupt side: the ranked counterparties filling ``wanted``."""
-    wanted = wanted.quantize(QUANTITY_PLACES, rounding=ROUND_HALF_EVEN)
-    sizes = np.abs(sb.book.quantity[ranked])
-    filled = np.cumsum(sizes)
-    needed = int(np.searchsorted(filled, float(wanted))) + 1 if wanted > 0 else 0
+    """One symbol and bankrupt side (``key``: ``2 × symbol + side``): the ranked
+    counterparties filling ``share`` of the bankrupt quantity ``held``."""
+    wanted = (held * share).quantize(QUANTITY_PLACES, rounding=ROUND_HALF_EVEN)
+    filled = np.cumsum(quantity_units(sb.book.quantity[ranked]))
+    needed = int(np.searchsorted(filled, int(wanted.scaleb(UNIT_DIGITS)))) + 1 if wanted else 0
     filled_by = min(needed, ranked.shape[0])
-    unfilled = max(ZERO, wanted - quantity_of(float(filled[-1]) if ranked.size else 0.0))
+    unfilled = max(ZERO, wanted - of_units(int(filled[-1]) if ranked.size else 0))
     left, shown = wanted, []
     for row in ranked[:top]:
         counterparty = exact_counterparty(sb, end, int(row), int(quantiles[row]), left, pool_at)
         left -= counterparty.taken
         shown.append(counterparty)
-    symbol, side = key
-    return Deleveraging(sb.brackets.symbols[symbol], SIDES[side], held, wanted,
+    return Deleveraging(sb.brackets.symbols[key // 2], SIDES[key % 2], held, wanted,
                         int(ranked.shape[0]), filled_by, unfilled, tuple(shown))  # fmt: skip
 
 
@@ -159,6 +163,13 @@ def exact_counterparty(
     return Counterparty(pool.account, position, score, quantile, taken)
 
 
-def quantity_of(value: float) -> Decimal:
-    """A float sum of quantities, to 8 decimals."""
-    return Decimal(value).quantize(QUANTITY_PLACES, rounding=ROUND_HALF_EVEN)
+def quantity_units(quantities: FloatArray) -> IntArray:
+    """``|Q|`` in units of ``10⁻⁸`` (exact for a quantity of at most 8 decimals below about
+    4.5e7: its float is within half a unit), so that sums of them are exact."""
+    units: IntArray = np.rint(np.abs(quantities) * 10.0**UNIT_DIGITS).astype(np.int64)
+    return units
+
+
+def of_units(units: int) -> Decimal:
+    """A quantity from its ``10⁻⁸`` units."""
+    return Decimal(units).scaleb(-UNIT_DIGITS)
