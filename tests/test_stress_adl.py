@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import numpy as np
+
 from marginwatch.engine.batch import BatchResult, BracketArrays, columns_of
 from marginwatch.engine.scenarios import Scenario, Shock, moves, shocked_marks
 from marginwatch.engine.stress import ExactPath, ScenarioOutcome, run_scenario, stress_book
-from marginwatch.engine.stress_adl import Deleverage
+from marginwatch.engine.stress_adl import Deleverage, of_units, quantity_units
 from marginwatch.engine.types import Account, PositionSide, Thresholds
 from tests.stress_book import BOOK, MARKS, TABLES, cross, isolated
 
@@ -92,3 +94,11 @@ def test_a_negative_fund_counts_as_none() -> None:
     assert btc.quantity == D("1.1")
     assert [c.taken for c in btc.top] == [D("0.4"), D("0.5"), D("0.2")]
     assert btc.filled_by == 3
+
+
+def test_quantities_are_summed_exactly() -> None:
+    """33,594,839.053 + 4,384,393.972 = 37,979,233.025, which the float sum misses (to 8
+    decimals it is 37,979,233.02500001); in units of 10⁻⁸ the sum is exact."""
+    quantities = np.array([33_594_839.053, -4_384_393.972])
+    assert Decimal(float(np.abs(quantities).sum())).quantize(D("1e-8")) != D("37979233.025")
+    assert of_units(int(quantity_units(quantities).sum())) == D("37979233.025")
