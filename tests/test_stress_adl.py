@@ -102,3 +102,4 @@ def test_quantities_are_summed_exactly() -> None:
     quantities = np.array([33_594_839.053, -4_384_393.972])
     assert Decimal(float(np.abs(quantities).sum())).quantize(D("1e-8")) != D("37979233.025")
     assert of_units(int(quantity_units(quantities).sum())) == D("37979233.025")
+    assert quantity_units(np.array([0.29]))[0] == 29_000_000  # 0.29 × 1e8 is 28,999,999.99…
