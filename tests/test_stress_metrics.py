@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -43,7 +44,11 @@ from marginwatch.producer.publisher import Publisher
 from marginwatch.runtime.celery_app import make_celery
 from marginwatch.state.accounts import store_accounts
 from marginwatch.worker import stress_metrics
-from marginwatch.worker.evaluation import evaluate_partition, finish_evaluation
+from marginwatch.worker.evaluation import (
+    EvaluationOutcome,
+    evaluate_partition,
+    finish_evaluation,
+)
 from marginwatch.worker.tasks import WorkerRuntime, register_tasks, run_evaluation
 
 D = Decimal
@@ -56,10 +61,20 @@ BOOK = [
 ]
 SCENARIOS = ["BTCUSDT:-20%", "BTCUSDT:-5%", "*:-30%"]
 INTERVAL_SECONDS = 30.0
+WAIT_SECONDS = 60.0  # for a computation on the monitor's thread
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
     return registry.get_sample_value(name, labels)
+
+
+def evaluated(runtime: WorkerRuntime) -> EvaluationOutcome:
+    """One evaluation of partition 0 through the task's body, and the stress computation it
+    started, waited for (it runs on the monitor's thread)."""
+    outcome = run_evaluation(runtime, 0)
+    assert runtime.stress is not None
+    assert runtime.stress.running[0].result(timeout=WAIT_SECONDS) is not None
+    return outcome
 
 
 def stress_settings(redis_server: RedisServer, **overrides: object) -> Settings:
@@ -102,7 +117,7 @@ def test_an_evaluation_exports_each_scenario_figured_by_hand(
 ) -> None:
     """One evaluation: every scenario's deficit, pools and notional, as the docstring has them,
     at the evaluation's marks; one computation timed."""
-    outcome = run_evaluation(runtime, 0)
+    outcome = evaluated(runtime)
     expected = {  # scenario: (deficit, pools liquidated, BTCUSDT notional, other notional)
         "BTCUSDT:-20%": (5_000, 1, 40_000, 0),
         "BTCUSDT:-5%": (0, 0, 0, 0),
@@ -126,7 +141,7 @@ def test_an_evaluation_exports_each_scenario_figured_by_hand(
 def test_the_book_keeps_the_figures_of_its_marks(runtime: WorkerRuntime) -> None:
     """The scenarios run in a buffer of their own: after them the book's figures are those of
     the marks (both pools ok, bob's UPNL 0), not of the last scenario (both liquidated)."""
-    run_evaluation(runtime, 0)
+    evaluated(runtime)
     result = runtime.book(0).result
     assert result.status.tolist() == [0, 0]
     assert result.upnl.tolist() == [0.0, 0.0]
@@ -141,12 +156,31 @@ def test_the_scenarios_are_computed_at_most_once_per_interval(
     for now in (1_000.0, 1_010.0, 1_029.9, 1_030.0):
         outcome = evaluate_partition(book, runtime.client, runtime.settings)
         finish_evaluation(runtime.client, book, outcome)
-        figures = stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome,
+        started = stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome,
                                                   now)  # fmt: skip
-        computed.append(figures is not None)
+        computed.append(started is not None and started.result(WAIT_SECONDS) is not None)
     assert computed == [True, False, False, True]
     duration = "marginwatch_stress_duration_seconds_count"
     assert sample(registry, duration, partition="0") == 2
+
+
+def test_a_computation_still_running_is_not_started_again(runtime: WorkerRuntime) -> None:
+    """The monitor's thread held up: the computation started at 0 s is still queued at 30 s, so
+    none is started then; once it ran, the next one is due again."""
+    assert runtime.stress is not None
+    book, release = runtime.book(0), threading.Event()
+    runtime.stress.thread.submit(release.wait, WAIT_SECONDS)  # the thread busy until released
+    outcome = evaluate_partition(book, runtime.client, runtime.settings)
+    finish_evaluation(runtime.client, book, outcome)
+    first = stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome, 0.0)
+    again = stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome, 30.0)
+    assert first is not None
+    assert again is None
+    release.set()
+    assert first.result(WAIT_SECONDS) is not None
+    later = stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome, 31.0)
+    assert later is not None
+    assert later.result(WAIT_SECONDS) is not None
 
 
 def test_every_worker_serving_the_partition_exports_the_stored_figures(
@@ -154,7 +188,7 @@ def test_every_worker_serving_the_partition_exports_the_stored_figures(
 ) -> None:
     """A second worker of the partition, which computed nothing, exports from Redis the
     figures the first one stored; its own duration histogram has no observation."""
-    run_evaluation(runtime, 0)
+    evaluated(runtime)
     other = CollectorRegistry()
     stress_metrics.stress_monitor(stress_settings(redis_server), TABLES, redis_client, other,
                                   [0], WorkerMetrics(other).redis_errors)  # fmt: skip
@@ -169,7 +203,7 @@ def test_a_scenario_not_configured_here_is_not_exported(
     runtime: WorkerRuntime, redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
     """A worker configured with one scenario exports that one only of the stored figures."""
-    run_evaluation(runtime, 0)
+    evaluated(runtime)
     other = CollectorRegistry()
     settings = stress_settings(redis_server, stress_scenarios=["BTCUSDT:-20%"])
     stress_metrics.stress_monitor(settings, TABLES, redis_client, other, [0],

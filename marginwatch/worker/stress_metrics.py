@@ -3,12 +3,14 @@ partition after its evaluation, at most every ``MARGINWATCH_STRESS_INTERVAL_SECO
 exported as metrics (``base.stress_metrics``).
 
 After an evaluation (its actions sent), when the interval has passed since this process last
-computed the partition's scenarios, each scenario is one full pass of the screen over the
-partition's arrays at the evaluation's marks times the scenario's factors
-(``engine.stress_screen.screen_scenario``, in its own buffer: the book's figures are left as they
-are). No exact evaluation runs here: the figures are the screen's estimate, and ``marginwatch
-stress`` confirms them exactly. They go to Redis (``mw:{pN}:stress``) and are exported from
-there at each scrape by every worker serving the partition.
+started a computation of the partition's scenarios and none is running, the evaluation hands a
+copy of the partition's arrays and of its marks to the monitor's thread and returns: the
+computation is off the evaluation's path, so the next evaluation does not wait for it (the
+screen's kernels release the GIL). Each scenario is one full pass of the screen over the copy at
+the marks times the scenario's factors (``engine.stress_screen.screen_scenario``, in a buffer
+of its own). No exact evaluation runs here: the figures are the screen's estimate, and
+``marginwatch stress`` confirms them exactly. They go to Redis (``mw:{pN}:stress``) and are
+exported from there at each scrape by every worker serving the partition.
 
 The time of the last computation lives in this process's memory, per partition (``Throttle``):
 a worker holds a partition exclusively while it evaluates it, so its scenarios are computed at
@@ -21,7 +23,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 import redis
@@ -56,6 +59,14 @@ class StressMonitor:
     metrics: StressMetrics
     redis_errors: Counter
     due: Throttle  # per partition: monotonic seconds of its last computation
+    thread: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix="stress"))  # fmt: skip
+    running: dict[int, Future[PartitionStress | None]] = field(default_factory=dict)
+
+    def busy(self, partition: int) -> bool:
+        """Whether a computation of the partition is queued or running."""
+        running = self.running.get(partition)
+        return running is not None and not running.done()
 
 
 def stress_monitor(
@@ -95,35 +106,58 @@ def after_evaluation(
     book: PartitionBook,
     outcome: EvaluationOutcome,
     now: float | None = None,
-) -> PartitionStress | None:
-    """The partition's scenarios at the evaluation's marks, if due at ``now`` (monotonic
-    seconds; default the clock's), timed and stored; what was computed, if anything."""
-    if monitor is None or not monitor.due.due(book.partition, now):
+) -> Future[PartitionStress | None] | None:
+    """If due at ``now`` (monotonic seconds; default the clock's) and none is running, start
+    the computation of the partition's scenarios at the evaluation's marks, on a copy of its
+    arrays; the computation (its figures, once timed and stored), if one was started."""
+    if monitor is None or monitor.busy(book.partition):
         return None
-    started = time.perf_counter()
-    figures = partition_stress(monitor.plan, book.book, book.brackets, outcome)
-    monitor.metrics.duration.labels(str(book.partition)).observe(time.perf_counter() - started)
+    if not monitor.due.due(book.partition, now):
+        return None
+    copy = batch.Book(**{name: array.copy() for name, array in vars(book.book).items()})
+    marks, partition = outcome.marks.copy(), book.partition
+    started = monitor.thread.submit(compute_and_store, monitor, client, partition, copy,
+                                    book.brackets, marks, outcome.started_at)  # fmt: skip
+    monitor.running[partition] = started
+    return started
+
+
+def compute_and_store(
+    monitor: StressMonitor, client: redis.Redis, partition: int, book: batch.Book,
+    brackets: batch.BracketArrays, marks: batch.FloatArray, computed_at: float,
+) -> PartitionStress | None:  # fmt: skip
+    """The scenarios over ``book`` at ``marks``, timed and stored (``None``: they failed, and
+    the error is logged: nothing else would see it in this thread)."""
     try:
-        write_partition_stress(client, book.partition, figures)
+        started = time.perf_counter()
+        figures = partition_stress(monitor.plan, book, brackets, marks, computed_at)
+        monitor.metrics.duration.labels(str(partition)).observe(time.perf_counter() - started)
+        write_partition_stress(client, partition, figures)
     except REDIS_ERRORS:
         monitor.redis_errors.inc()
-        log.warning("partition %d: stress figures not stored (Redis)", book.partition)
+        log.warning("partition %d: stress figures not stored (Redis)", partition)
+        return None
+    except Exception:
+        log.exception("partition %d: stress scenarios failed", partition)
+        return None
     return figures
 
 
 def partition_stress(
-    plan: StressPlan, book: batch.Book, brackets: batch.BracketArrays, outcome: EvaluationOutcome
-) -> PartitionStress:
-    """Every scenario over ``book`` at the outcome's marks, in one buffer of the screen."""
+    plan: StressPlan, book: batch.Book, brackets: batch.BracketArrays, marks: batch.FloatArray,
+    computed_at: float,
+) -> PartitionStress:  # fmt: skip
+    """Every scenario over ``book`` at ``marks`` (read at ``computed_at``), in one buffer of
+    the screen."""
     assert brackets.symbols == plan.symbols, "books are laid out in the plan's symbol order"
     out = batch.BatchResult.allocate(book)
     row_pools = batch.row_pool(book)
     scenarios = tuple(
         scenario_figures(plan, number, screen_scenario(book, brackets, row_pools,
-                         outcome.marks * plan.factors[number], plan.thresholds, out))
+                         marks * plan.factors[number], plan.thresholds, out))
         for number in range(len(plan.scenarios))
     )  # fmt: skip
-    return PartitionStress(outcome.started_at, scenarios)
+    return PartitionStress(computed_at, scenarios)
 
 
 def scenario_figures(plan: StressPlan, number: int, screened: ScreenedScenario) -> ScenarioFigures:
