@@ -183,6 +183,29 @@ def test_a_computation_still_running_is_not_started_again(runtime: WorkerRuntime
     assert later.result(WAIT_SECONDS) is not None
 
 
+def test_a_change_after_the_evaluation_is_not_in_its_figures(
+    runtime: WorkerRuntime, redis_client: redis.Redis
+) -> None:
+    """The computation works on a copy of the arrays taken by the evaluation: bob's deposit,
+    written into the book's rows in place while the computation waits for the thread, is not
+    in its figures (BTCUSDT:-20% still takes 5,000 from the fund)."""
+    assert runtime.stress is not None
+    book, release = runtime.book(0), threading.Event()
+    runtime.stress.thread.submit(release.wait, WAIT_SECONDS)
+    outcome = evaluate_partition(book, runtime.client, runtime.settings)
+    finish_evaluation(runtime.client, book, outcome)
+    started = stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome, 0.0)
+    assert started is not None
+    rich = Account("bob", D(100_000), BOOK[0].positions)
+    store_accounts(redis_client, [rich], partitions=1)
+    assert book.refresh(redis_client) == 1
+    assert 100_000.0 in book.book.pool_wallet.tolist()  # in place, in the same arrays
+    release.set()
+    figures = started.result(WAIT_SECONDS)
+    assert figures is not None
+    assert figures.scenarios[0].deficit_usdt == pytest.approx(5_000)
+
+
 def test_every_worker_serving_the_partition_exports_the_stored_figures(
     runtime: WorkerRuntime, redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
