@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -45,16 +46,41 @@ def evaluated_books(client: redis.Redis, price: str) -> list[PartitionBook]:
     store_accounts(client, list(HAND_BOOK), partitions=PARTITIONS)
     Publisher(client).publish([Tick("BTCUSDT", Decimal(price), next(EVENT_TIMES))])
     arrays = batch.BracketArrays.from_tables(FLAT, ["BTCUSDT"])
-    books = []
+    books, publisher = [], adl_sketch.SketchPublisher()
     for partition in range(PARTITIONS):
         book = PartitionBook(partition, arrays, FLAT)
         book.load(client)
         outcome = evaluate_partition(book, client, SETTINGS)
         finish_evaluation(client, book, outcome)
-        assert adl_sketch.publish_if_due(client, book, outcome)
-        assert not adl_sketch.publish_if_due(client, book, outcome)  # not again within 30 s
+        written = publisher.publish_if_due(client, book, outcome, now=100.0)
+        assert written is not None
+        assert written.result(timeout=60)
         books.append(book)
     return books
+
+
+def test_sketches_are_started_at_most_every_30_s_and_never_twice_at_once(
+    redis_client: redis.Redis,
+) -> None:
+    """Held behind a gate, a started write is not started again 100 s later; once done, not
+    again before 30 s have passed since it started (at 129.9 s), and again at 130 s."""
+    store_accounts(redis_client, list(HAND_BOOK), partitions=1)
+    Publisher(redis_client).publish([Tick("BTCUSDT", Decimal(50_000), next(EVENT_TIMES))])
+    book = PartitionBook(0, batch.BracketArrays.from_tables(FLAT, ["BTCUSDT"]), FLAT)
+    book.load(redis_client)
+    settings = Settings(redis_url="unused", partitions=1)
+    outcome = evaluate_partition(book, redis_client, settings)
+    publisher, gate = adl_sketch.SketchPublisher(), threading.Event()
+    publisher.thread.submit(gate.wait, 60)
+    written = publisher.publish_if_due(redis_client, book, outcome, now=100.0)
+    assert written is not None
+    assert publisher.publish_if_due(redis_client, book, outcome, now=200.0) is None
+    gate.set()
+    assert written.result(timeout=60)
+    assert publisher.publish_if_due(redis_client, book, outcome, now=129.9) is None
+    again = publisher.publish_if_due(redis_client, book, outcome, now=130.0)
+    assert again is not None
+    assert again.result(timeout=60)
 
 
 def held_by(partition: int, side: PositionSide) -> int:

@@ -91,7 +91,6 @@ class PartitionBook:
     full_pass_at: float = field(default=-math.inf, init=False)  # monotonic seconds
     riskiest_written_at: float = field(default=-math.inf, init=False)  # monotonic seconds
     trim_checked_at: float = field(default=-math.inf, init=False)  # monotonic seconds
-    adl_sketches_written_at: float = field(default=-math.inf, init=False)  # monotonic s
     recently_decided: set[int] = field(default_factory=set, init=False)  # pool codes
     bad: BadRecords = field(default_factory=BadRecords)
     ticks: TickCache = field(init=False)

@@ -61,6 +61,7 @@ class WorkerRuntime(Runtime):
     identity_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
     identity: RedisIdentity | None = None  # of the Redis the books were loaded from
     stress: stress_metrics.StressMonitor | None = None  # the configured stress scenarios
+    adl_sketches: adl_sketch.SketchPublisher = field(default_factory=adl_sketch.SketchPublisher)
 
     def book(self, partition: int) -> PartitionBook:
         """The partition's book, loaded from Redis on first use."""
@@ -109,10 +110,10 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
         if outcome.actions:
             crash.at("worker:after-send")
         finish_evaluation(runtime.client, book, outcome)
-        adl_sketch.publish_if_due(runtime.client, book, outcome)
     log.debug("partition %s: %s", partition, outcome)
     instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
     stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome)
+    runtime.adl_sketches.publish_if_due(runtime.client, book, outcome)
     if runtime.book_gauges_due.due(partition):
         once_a_second(runtime, book, outcome)
     if runtime.liquidation_map_due.due(partition):
