@@ -96,7 +96,7 @@ def test_the_table(tmp_path: Path) -> None:
         ["1", "2024-10-31T12:00:02.000Z", "margin_call", "dave", "cross"],
         ["1", "2024-10-31T12:00:02.000Z", "liquidation", "dave", "cross"],
     ]
-    assert lines[-2].startswith("5 margin calls, 0 resolutions, 5 liquidations (0 skipped)")
+    assert lines[-2].startswith("margin calls 5, resolutions 0, liquidations 5 (skipped 0)")
     assert lines[-1].startswith("read the snapshot and the path in ")
     assert " replayed 1 ticks (1 moments) in " in lines[-1]
 

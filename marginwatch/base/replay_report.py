@@ -197,8 +197,8 @@ def event_cells(event: ReplayEvent) -> list[str]:
 def totals_line(run: ReplayRun, events: Sequence[ReplayEvent]) -> str:
     counted = totals(events)
     return (
-        f"{counted['margin_call']:,} margin calls, {counted['resolved']:,} resolutions, "
-        f"{counted['liquidation']:,} liquidations ({counted['skipped']:,} skipped); "
+        f"margin calls {counted['margin_call']:,}, resolutions {counted['resolved']:,}, "
+        f"liquidations {counted['liquidation']:,} (skipped {counted['skipped']:,}); "
         f"fees {counted['fees']}, deficits covered {counted['deficits_covered']}; "
         f"insurance fund {money(run.fund_start)} -> {money(run.fund_end)} USDT"
         + (" (below zero: the deficits exceeded it)" if run.fund_end < 0 else "")
