@@ -5,7 +5,8 @@ for ``marginwatch status ACCOUNT`` to rank a position venue-wide.
 
 Off the evaluation's path, as the stress scenarios are (``worker.stress_metrics``): the
 evaluation copies what the scores need (the book's arrays, the pools' sums, the marks) and
-hands the copy to the publisher's thread; sorting the scores (numpy) releases the GIL. A
+hands the copy to the publisher's thread (``worker.background``: at the lowest CPU priority);
+sorting the scores (numpy) releases the GIL. A
 partition whose sketches are still being computed is not started again.
 """
 
@@ -22,6 +23,7 @@ import redis
 from marginwatch.engine import adl_batch, batch
 from marginwatch.runtime.observe import REDIS_ERRORS
 from marginwatch.state.adl import ADL_INTERVAL_SECONDS, side_key, write_sketches
+from marginwatch.worker.background import background_thread
 from marginwatch.worker.evaluation import EvaluationOutcome
 from marginwatch.worker.partition import PartitionBook
 
@@ -55,8 +57,7 @@ class SketchPublisher:
     interval_seconds: float = ADL_INTERVAL_SECONDS
     started_at: dict[int, float] = field(default_factory=dict)  # monotonic s, per partition
     running: dict[int, Future[bool]] = field(default_factory=dict)
-    thread: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="adl-sketches"))  # fmt: skip
+    thread: ThreadPoolExecutor = field(default_factory=lambda: background_thread("adl-sketches"))
 
     def due(self, partition: int, now: float) -> bool:
         """Whether the interval has passed since the partition's last start and none runs."""

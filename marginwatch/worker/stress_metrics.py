@@ -4,13 +4,14 @@ exported as metrics (``base.stress_metrics``).
 
 After an evaluation (its actions sent), when the interval has passed since this process last
 started a computation of the partition's scenarios and none is running, the evaluation hands a
-copy of the partition's arrays and of its marks to the monitor's thread and returns: the
-computation is off the evaluation's path, so the next evaluation does not wait for it (the
-screen's kernels release the GIL). Each scenario is one full pass of the screen over the copy at
-the marks times the scenario's factors (``engine.stress_screen.screen_scenario``, in a buffer
-of its own). No exact evaluation runs here: the figures are the screen's estimate, and
-``marginwatch stress`` confirms them exactly. They go to Redis (``mw:{pN}:stress``) and are
-exported from there at each scrape by every worker serving the partition.
+copy of the partition's arrays and of its marks to the monitor's thread (``worker.background``:
+at the lowest CPU priority) and returns: the computation is off the evaluation's path, so the
+next evaluation does not wait for it (the screen's kernels release the GIL). Each scenario is
+one full pass of the screen over the copy at the marks times the scenario's factors
+(``engine.stress_screen.screen_scenario``, in a buffer of its own). No exact evaluation runs
+here: the figures are the screen's estimate, and ``marginwatch stress`` confirms them exactly.
+They go to Redis (``mw:{pN}:stress``) and are exported from there at each scrape by every
+worker serving the partition.
 
 The time of the last computation lives in this process's memory, per partition (``Throttle``):
 a worker holds a partition exclusively while it evaluates it, so its scenarios are computed at
@@ -44,6 +45,7 @@ from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.stress_screen import ScreenedScenario, screen_scenario
 from marginwatch.runtime.observe import REDIS_ERRORS
 from marginwatch.state.stress_figures import read_partition_stress, write_partition_stress
+from marginwatch.worker.background import background_thread
 from marginwatch.worker.evaluation import EvaluationOutcome
 from marginwatch.worker.instrumentation import Throttle
 from marginwatch.worker.partition import PartitionBook
@@ -59,8 +61,7 @@ class StressMonitor:
     metrics: StressMetrics
     redis_errors: Counter
     due: Throttle  # per partition: monotonic seconds of its last computation
-    thread: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="stress"))  # fmt: skip
+    thread: ThreadPoolExecutor = field(default_factory=lambda: background_thread("stress"))
     running: dict[int, Future[PartitionStress | None]] = field(default_factory=dict)
 
     def busy(self, partition: int) -> bool:
