@@ -32,7 +32,7 @@ COUNTERPARTIES = (
 )
 
 
-def crash(fund: Decimal, top: int = 10) -> ScenarioOutcome:
+def crash(fund: Decimal, top: int = 10, symbols: int = 10) -> ScenarioOutcome:
     """BTCUSDT −20% over the tiny book and the counterparties, with ``fund``."""
     accounts = [*BOOK, *COUNTERPARTIES]
     brackets = BracketArrays.from_tables(TABLES, sorted(TABLES))
@@ -41,7 +41,7 @@ def crash(fund: Decimal, top: int = 10) -> ScenarioOutcome:
     by_symbol = moves(BTC_CRASH, MARKS, None)
     out = BatchResult.allocate(book.book)
     return run_scenario(book, exact, BTC_CRASH, by_symbol, shocked_marks(MARKS, by_symbol), 10,
-                        out, None, Deleverage(fund, top))  # fmt: skip
+                        out, None, Deleverage(fund, top, symbols))  # fmt: skip
 
 
 def test_a_fund_exhausted_deleverages_the_best_ranked_counterparties() -> None:
@@ -76,6 +76,15 @@ def test_only_the_top_counterparties_are_shown() -> None:
     btc, _eth = crash(D(700), top=1).deleveraged
     assert [c.account.account_id for c in btc.top] == ["hal"]
     assert (btc.counterparties, btc.filled_by) == (3, 2)
+
+
+def test_counterparties_are_shown_for_the_largest_bankrupt_notional_only() -> None:
+    """One symbol and side detailed: BTCUSDT LONG's bankrupt 1.1 × 40,000 = 44,000 USDT
+    before ETHUSDT SHORT's 10 × 3,000 = 30,000; ETH is still listed, its counts whole."""
+    btc, eth = crash(D(700), symbols=1).deleveraged
+    assert (btc.detailed, [c.account.account_id for c in btc.top]) == (True, ["hal", "gus", "ivy"])
+    assert (eth.detailed, eth.top) == (False, ())
+    assert (eth.quantity, eth.counterparties, eth.filled_by, eth.unfilled) == (D(5), 1, 1, D(1))
 
 
 def test_a_fund_that_covers_the_deficit_deleverages_nothing() -> None:

@@ -270,11 +270,15 @@ def deleveraged_lines(outcomes: Sequence[ScenarioOutcome]) -> list[str]:
     if worst is None or not worst.deleveraged:
         return []
     lines = ["", f"deleveraged in {worst.scenario.name} (fund exhausted; quantities estimated):"]
-    for found in worst.deleveraged:
+    shown = [found for found in worst.deleveraged if found.detailed]
+    for found in shown:
         lines += [
             f"  {deleveraging_line(found)}",
             *(f"    {counterparty_line(c)}" for c in found.top),
         ]
+    others = len(worst.deleveraged) - len(shown)
+    if others:
+        lines.append(f"  and {others:,} more symbols and sides (--json lists every one)")
     return lines
 
 

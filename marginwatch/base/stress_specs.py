@@ -38,6 +38,7 @@ LIVE_CONSISTENCY = "one read per partition"  # how consistent a live book is (st
 SNAPSHOT_CONSISTENCY = "one snapshot"
 MAX_ROUNDS = 20  # --max-rounds when not given: the most rounds of a scenario with --impact
 ADL_TOP = 10  # --adl-top when not given: the counterparties ADL would take first, shown
+ADL_SYMBOLS = 10  # --adl-symbols when not given: the symbols and sides whose counterparties show
 
 SHOCK_FORMAT = "SYMBOL:MOVE% or *:MOVE%, e.g. BTCUSDT:-20% or '*:-10%'"
 GRID_FORMAT = "START%:STOP%:STEP%, e.g. -30%:30%:5%"
@@ -86,6 +87,7 @@ class StressSpecs:
     impacts: Sequence[str] = ()
     max_rounds: int | None = None
     adl_top: int | None = None
+    adl_symbols: int | None = None
 
 
 def insurance_fund_of(specs: StressSpecs, snapshot: bool) -> Decimal:
@@ -270,6 +272,14 @@ def max_rounds_of(specs: StressSpecs) -> int:
     if rounds < 1:
         raise SpecError(f"--max-rounds: {rounds}: expected at least 1")
     return rounds
+
+
+def adl_symbols_of(specs: StressSpecs) -> int:
+    """``--adl-symbols``: at least 0 (default ``ADL_SYMBOLS``)."""
+    symbols = ADL_SYMBOLS if specs.adl_symbols is None else specs.adl_symbols
+    if symbols < 0:
+        raise SpecError(f"--adl-symbols: {symbols}: expected 0 or more")
+    return symbols
 
 
 def adl_top_of(specs: StressSpecs) -> int:

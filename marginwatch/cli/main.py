@@ -15,6 +15,7 @@ from marginwatch.base.report import AdlOut, AdlRanking, ReportModel, render_repo
 from marginwatch.base.settings import LOG_LEVELS, Settings, read_settings
 from marginwatch.base.snapshot import SnapshotError, SnapshotModel, parse_snapshot
 from marginwatch.base.stress_specs import (
+    ADL_SYMBOLS,
     ADL_TOP,
     MAX_ROUNDS,
     SNAPSHOT_INSURANCE_FUND,
@@ -155,6 +156,12 @@ def _add_stress(commands: Any) -> None:
         type=int,
         metavar="N",
         help=f"fund exhausted: how many of the first counterparties of ADL to show ({ADL_TOP})",
+    )
+    stress.add_argument(
+        "--adl-symbols",
+        type=int,
+        metavar="N",
+        help=f"fund exhausted: for how many symbols and sides to show them ({ADL_SYMBOLS})",
     )
     stress.add_argument("--json", action="store_true", help="the JSON document instead of a table")
 

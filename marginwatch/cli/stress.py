@@ -30,6 +30,7 @@ from marginwatch.base.stress_specs import (
     TOP_CONTRIBUTORS,
     SpecError,
     StressSpecs,
+    adl_symbols_of,
     adl_top_of,
     betas_of,
     impact_of,
@@ -67,6 +68,7 @@ class Plan:
     fund: Decimal
     cascade: Cascade | None
     adl_top: int
+    adl_symbols: int
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ def specs_of(args: argparse.Namespace) -> StressSpecs:
         args.impact or (),
         args.max_rounds,
         args.adl_top,
+        args.adl_symbols,
     )
 
 
@@ -162,7 +165,8 @@ def plan_of(specs: StressSpecs, tables: Mapping[str, BracketTable], snapshot: bo
         scenarios = scenarios_of(specs, tables, MAX_SCENARIOS)
         fund = insurance_fund_of(specs, snapshot)
         betas, cascade = betas_of(specs, tables), cascade_of(specs, tables)
-        return Plan(scenarios, betas, fund, cascade, adl_top_of(specs))
+        adl = adl_top_of(specs), adl_symbols_of(specs)
+        return Plan(scenarios, betas, fund, cascade, *adl)
     except SpecError as error:
         raise InputError(str(error)) from None
 
@@ -264,7 +268,7 @@ def run_all(
     when the fund is exhausted), over one buffer of the screen."""
     progress.restart()
     out = BatchResult.allocate(loaded.book.book)
-    deleverage = Deleverage(loaded.fund, plan.adl_top)
+    deleverage = Deleverage(loaded.fund, plan.adl_top, plan.adl_symbols)
     outcomes = []
     for number, item in enumerate(prepared, start=1):
         outcomes.append(run_scenario(loaded.book, loaded.exact, item.scenario, item.shown,

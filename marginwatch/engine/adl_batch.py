@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from marginwatch.engine.adl import HIGHEST_QUANTILE, QUANTILES, ScoreSketch
-from marginwatch.engine.batch import BatchResult, Book, FloatArray, IntArray, row_pool
+from marginwatch.engine.batch import BatchResult, Book, BoolArray, FloatArray, IntArray, row_pool
 
 Int8Array = npt.NDArray[np.int8]
 UNIT_ROUNDOFF = 2.0**-53
@@ -111,28 +111,53 @@ def sorted_ranked(book: Book, scores: FloatArray) -> tuple[IntArray, IntArray]:
     return order, key[order]
 
 
-def rank_rows(book: Book, scores: FloatArray) -> RowRanks:
-    """``below`` and ``count`` of every row with a finite score, per (symbol, side)."""
-    order, key = sorted_ranked(book, scores)
-    ordered, position = scores[order], np.arange(order.shape[0])
-    new_key = np.ones(order.shape[0], dtype=np.bool_)
+def ranked_descending(book: Book, scores: FloatArray) -> tuple[IntArray, IntArray]:
+    """The rows with a finite score ordered by (symbol, side) key ``2 × symbol + side``, then
+    highest score first, then in book order; and their keys. Two stable sorts (the score's,
+    then the key's: a radix sort when the keys fit 16 bits) instead of one ``lexsort``."""
+    key = 2 * book.symbol.astype(np.int64) + row_sides(book)
+    rows = np.flatnonzero(np.isfinite(scores))
+    order = rows[np.argsort(-scores[rows], kind="stable")]
+    narrow = key[order].astype(np.uint16) if key.size and key.max() < 2**16 else key[order]
+    ordered: IntArray = order[np.argsort(narrow, kind="stable")]
+    return ordered, key[ordered]
+
+
+def rank_rows(
+    book: Book, scores: FloatArray, ranked: tuple[IntArray, IntArray] | None = None
+) -> RowRanks:
+    """``below`` and ``count`` of every row with a finite score, per (symbol, side), from the
+    descending order (``ranked_descending``, computed when not given): the rows after a score's
+    run of ties within its key score strictly lower."""
+    order, key = ranked_descending(book, scores) if ranked is None else ranked
+    ordered, size = scores[order], order.shape[0]
+    new_key = np.ones(size, dtype=np.bool_)
     new_key[1:] = key[1:] != key[:-1]
-    new_score = new_key.copy()
-    new_score[1:] |= ordered[1:] != ordered[:-1]
-    key_first = np.maximum.accumulate(np.where(new_key, position, 0))
-    score_first = np.maximum.accumulate(np.where(new_score, position, 0))
-    group = np.cumsum(new_key) - 1
+    new_run = new_key.copy()
+    new_run[1:] |= ordered[1:] != ordered[:-1]
     below = np.full(book.positions, UNRANKED, dtype=np.int64)
     count = np.zeros(book.positions, dtype=np.int64)
-    below[order] = score_first - key_first
-    count[order] = np.bincount(group)[group]
+    key_end, run_end = next_starts(new_key, size), next_starts(new_run, size)
+    below[order] = key_end - run_end
+    count[order] = key_end - np.flatnonzero(new_key)[np.cumsum(new_key) - 1]
     return RowRanks(below, count)
 
 
-def row_quantiles(book: Book, scores: FloatArray) -> Int8Array:
+def next_starts(starts: BoolArray, size: int) -> IntArray:
+    """Per position: where the next run begins after the run holding it (``size`` at the end);
+    ``starts`` marks each run's first position."""
+    first = np.flatnonzero(starts)
+    following: IntArray = np.append(first[1:], size)[np.cumsum(starts) - 1]
+    return following
+
+
+def row_quantiles(
+    book: Book, scores: FloatArray, ranked: tuple[IntArray, IntArray] | None = None
+) -> Int8Array:
     """Per row: its quantile among its (symbol, side), the legs of a group (an account's cross
-    legs of one symbol) sharing the largest; -1 unranked."""
-    quantile = rank_rows(book, scores).quantiles()
+    legs of one symbol) sharing the largest; -1 unranked (``ranked``: ``ranked_descending``,
+    computed when not given)."""
+    quantile = rank_rows(book, scores, ranked).quantiles()
     if book.positions == 0:
         return quantile
     shared = np.maximum.reduceat(quantile, book.group_starts[:-1])

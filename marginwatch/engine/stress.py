@@ -260,7 +260,7 @@ def deleveraged(
         rounds.screened_at, out, rounds.closed, rounds.deficits, deficit, deleverage.fund
     )
     return stress_adl.deleveraged(
-        sb, end, deleverage.top, lambda pool: exact_pool(sb, exact, end.marks, pool)
+        sb, end, deleverage, lambda pool: exact_report(sb, exact, end.marks, pool)
     )
 
 
@@ -378,15 +378,24 @@ def exact_pool(
     sb: StressBook, exact: ExactPath, marks: Mapping[str, Decimal], pool: int
 ) -> ExactPool:
     """A pool evaluated exactly at ``marks``: its status, and its close-out's deficit."""
+    account, report = exact_report(sb, exact, marks, pool)
+    positions = pool_positions(sb, account, pool)
+    isolated = bool(sb.book.pool_isolated[pool])
+    closed = close_out(account, positions, dict(marks), exact.fee_rate)
+    notional = sum((abs(p.quantity) * marks[p.symbol] for p in positions), Decimal(0))
+    return ExactPool(pool, account, positions, isolated, report, notional, closed.deficit_covered)
+
+
+def exact_report(
+    sb: StressBook, exact: ExactPath, marks: Mapping[str, Decimal], pool: int
+) -> stress_adl.ExactReport:
+    """A pool's account, and the pool evaluated exactly at ``marks``."""
     account = exact.account(int(sb.book.pool_account[pool]))
     positions = pool_positions(sb, account, pool)
     isolated = bool(sb.book.pool_isolated[pool])
     wallet = positions[0].isolated_wallet if isolated else account.cross_wallet_balance
     assert wallet is not None  # an isolated position has its wallet (Position.__post_init__)
-    report = evaluate_pool(wallet, positions, marks, exact.tables, exact.thresholds)
-    closed = close_out(account, positions, dict(marks), exact.fee_rate)
-    notional = sum((abs(p.quantity) * marks[p.symbol] for p in positions), Decimal(0))
-    return ExactPool(pool, account, positions, isolated, report, notional, closed.deficit_covered)
+    return account, evaluate_pool(wallet, positions, marks, exact.tables, exact.thresholds)
 
 
 def pool_positions(sb: StressBook, account: Account, pool: int) -> tuple[Position, ...]:

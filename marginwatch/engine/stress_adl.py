@@ -17,9 +17,11 @@ ended at (its last round's):
   ``filled_by`` counts the counterparties needed (all of them when they cannot fill it, then
   ``unfilled`` is what is left).
 
-Quantities are summed exactly in units of ``10⁻⁸`` (``quantity_units``); the ``top``
-counterparties shown are exact (their score by the exact path, their quantity and what they
-give in ``Decimal``).
+Quantities are summed exactly in units of ``10⁻⁸`` (``quantity_units``). Every symbol and
+bankrupt side is listed; the ``top`` first counterparties are shown, exactly (their score by the
+exact path, their quantity and what they give in ``Decimal``), for the ``symbols`` symbols and
+sides of the largest notional to deleverage (``quantity × MP``) only: on a large book every
+symbol has bankrupt positions, and the exact path costs a pool's evaluation per counterparty.
 """
 
 from __future__ import annotations
@@ -34,11 +36,14 @@ import numpy as np
 from marginwatch.engine import adl_batch
 from marginwatch.engine.adl import SIDES, leverage_pnl
 from marginwatch.engine.batch import BatchResult, BoolArray, FloatArray, IntArray
+from marginwatch.engine.exact import PoolReport
 from marginwatch.engine.formulas import ZERO, unrealized_pnl
 from marginwatch.engine.types import Account, Position, PositionSide
 
 if TYPE_CHECKING:  # stress imports this module
-    from marginwatch.engine.stress import ExactPool, StressBook
+    from marginwatch.engine.stress import StressBook
+
+ExactReport = tuple[Account, PoolReport]  # a pool's account and its exact report
 
 UNIT_DIGITS = 8  # quantities are summed in units of 10⁻⁸
 QUANTITY_PLACES = Decimal(1).scaleb(-UNIT_DIGITS)
@@ -46,10 +51,12 @@ QUANTITY_PLACES = Decimal(1).scaleb(-UNIT_DIGITS)
 
 @dataclass(frozen=True, slots=True)
 class Deleverage:
-    """When a scenario's deficit exhausts ``fund``: rank who ADL takes, the ``top`` shown."""
+    """When a scenario's deficit exhausts ``fund``: rank who ADL takes, the ``top`` first
+    counterparties shown for the ``symbols`` symbols and sides of the most to deleverage."""
 
     fund: Decimal
     top: int
+    symbols: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,7 @@ class Deleveraging:
     filled_by: int
     unfilled: Decimal
     top: tuple[Counterparty, ...]
+    detailed: bool  # among the symbols and sides whose first counterparties are shown
 
 
 @dataclass(frozen=True)
@@ -91,33 +99,36 @@ class ScenarioEnd:
 
 
 def deleveraged(
-    sb: StressBook, end: ScenarioEnd, top: int, pool_at: Callable[[int], ExactPool]
+    sb: StressBook, end: ScenarioEnd, shown: Deleverage, pool_at: Callable[[int], ExactReport]
 ) -> tuple[Deleveraging, ...]:
     """Per symbol and side of the bankrupt positions, by symbol then side: what ADL takes;
     ``pool_at`` evaluates a pool exactly at the end's marks."""
     book = sb.book
     scores = adl_batch.row_scores(book, end.out, sb.brackets.marks_array(end.marks))
     scores[end.closed[sb.row_pool]] = np.nan  # liquidated pools are not counterparties
-    quantiles = adl_batch.row_quantiles(book, scores)
+    ranked, ranked_key = adl_batch.ranked_descending(book, scores)
+    quantiles = adl_batch.row_quantiles(book, scores, (ranked, ranked_key))
     key = 2 * book.symbol.astype(np.int64) + adl_batch.row_sides(book)
     bankrupt = ((end.deficits > 0.0)[sb.row_pool]) & (book.quantity != 0.0)
     held = np.zeros(2 * len(sb.brackets.symbols), dtype=np.int64)
     np.add.at(held, key[bankrupt], quantity_units(book.quantity[bankrupt]))
     share = (end.deficit - max(ZERO, end.fund)) / end.deficit
-    ranked, ranked_key = ranked_counterparties(scores, key)
+    detailed = most_to_deleverage(sb, end, held, shown.symbols)
     return tuple(
         deleveraging(sb, end, int(k), of_units(int(held[k])), share,
-                     of_key(ranked, ranked_key, int(k) ^ 1), quantiles, top, pool_at)
+                     of_key(ranked, ranked_key, int(k) ^ 1), quantiles,
+                     shown.top if k in detailed else None, pool_at)
         for k in np.flatnonzero(held)
     )  # fmt: skip
 
 
-def ranked_counterparties(scores: FloatArray, key: IntArray) -> tuple[IntArray, IntArray]:
-    """The rows with a score, by key (``2 × symbol + side``), then highest score first, then
-    in book order; and their keys."""
-    rows = np.flatnonzero(np.isfinite(scores))
-    ordered: IntArray = rows[np.lexsort((rows, -scores[rows], key[rows]))]
-    return ordered, key[ordered]
+def most_to_deleverage(sb: StressBook, end: ScenarioEnd, held: IntArray, count: int) -> set[int]:
+    """The ``count`` keys of the largest bankrupt notional ``Σ |Q| × MP`` (the same share of
+    each is deleveraged), ties to the lower key."""
+    keys = np.flatnonzero(held)
+    marks = sb.brackets.marks_array(end.marks)
+    notional = held[keys] * marks[keys // 2]
+    return {int(k) for k in keys[np.argsort(-notional, kind="stable")[:count]]}
 
 
 def of_key(ranked: IntArray, ranked_key: IntArray, key: int) -> IntArray:
@@ -128,39 +139,40 @@ def of_key(ranked: IntArray, ranked_key: IntArray, key: int) -> IntArray:
 
 def deleveraging(
     sb: StressBook, end: ScenarioEnd, key: int, held: Decimal, share: Decimal,
-    ranked: IntArray, quantiles: adl_batch.Int8Array, top: int,
-    pool_at: Callable[[int], ExactPool],
+    ranked: IntArray, quantiles: adl_batch.Int8Array, top: int | None,
+    pool_at: Callable[[int], ExactReport],
 ) -> Deleveraging:  # fmt: skip
     """One symbol and bankrupt side (``key``: ``2 × symbol + side``): the ranked
-    counterparties filling ``share`` of the bankrupt quantity ``held``."""
+    counterparties filling ``share`` of the bankrupt quantity ``held``, the ``top`` first
+    shown (``None``: not detailed, none shown)."""
     wanted = (held * share).quantize(QUANTITY_PLACES, rounding=ROUND_HALF_EVEN)
     filled = np.cumsum(quantity_units(sb.book.quantity[ranked]))
     needed = int(np.searchsorted(filled, int(wanted.scaleb(UNIT_DIGITS)))) + 1 if wanted else 0
     filled_by = min(needed, ranked.shape[0])
     unfilled = max(ZERO, wanted - of_units(int(filled[-1]) if ranked.size else 0))
     left, shown = wanted, []
-    for row in ranked[:top]:
+    for row in ranked[: top or 0]:
         counterparty = exact_counterparty(sb, end, int(row), int(quantiles[row]), left, pool_at)
         left -= counterparty.taken
         shown.append(counterparty)
     return Deleveraging(sb.brackets.symbols[key // 2], SIDES[key % 2], held, wanted,
-                        int(ranked.shape[0]), filled_by, unfilled, tuple(shown))  # fmt: skip
+                        int(ranked.shape[0]), filled_by, unfilled, tuple(shown),
+                        top is not None)  # fmt: skip
 
 
 def exact_counterparty(
     sb: StressBook, end: ScenarioEnd, row: int, quantile: int, left: Decimal,
-    pool_at: Callable[[int], ExactPool],
+    pool_at: Callable[[int], ExactReport],
 ) -> Counterparty:  # fmt: skip
     """Row ``row``'s position, scored exactly at the end's marks, giving up to ``left``."""
-    pool = pool_at(int(sb.row_pool[row]))
-    position = pool.account.positions[int(sb.row_position[row])]
+    account, report = pool_at(int(sb.row_pool[row]))
+    position = account.positions[int(sb.row_position[row])]
     upnl = unrealized_pnl(position.quantity, position.entry_price, end.marks[position.symbol])
-    report = pool.report
     score = leverage_pnl(
         upnl, report.wallet_balance, report.maintenance_margin, report.margin_balance
     )
     taken = min(abs(position.quantity), max(ZERO, left))
-    return Counterparty(pool.account, position, score, quantile, taken)
+    return Counterparty(account, position, score, quantile, taken)
 
 
 def quantity_units(quantities: FloatArray) -> IntArray:
