@@ -257,6 +257,8 @@ def _cleared(monkeypatch: pytest.MonkeyPatch) -> None:
          "--impact: * given twice"),
         (["--shock", "BTCUSDT:-2%", "--max-rounds", "3"], "--max-rounds: only with --impact"),
         (["--shock", "BTCUSDT:-2%", "--adl-top", "-1"], "--adl-top: -1: expected 0 or more"),
+        (["--shock", "BTCUSDT:-2%", "--adl-symbols", "-1"],
+         "--adl-symbols: -1: expected 0 or more"),
         (["--shock", "BTCUSDT:-2%", "--impact", "*:1%/5", "--max-rounds", "0"],
          "--max-rounds: 0: expected at least 1"),
     ],
