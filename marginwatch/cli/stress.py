@@ -9,6 +9,7 @@ when the read starts, how long it and the scenarios take, when a progress line i
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import TextIO
 
 from marginwatch.base.exits import EXIT_OK
 from marginwatch.base.settings import ConfigurationError, Settings, bracket_tables, redis_url
-from marginwatch.base.snapshot import Snapshot, parse_snapshot
+from marginwatch.base.snapshot import Snapshot, collector_paused, parse_snapshot
 from marginwatch.base.stress_report import StressRun, stress_document, stress_table
 from marginwatch.base.stress_specs import (
     LIVE_CONSISTENCY,
@@ -119,7 +120,9 @@ def run_stress(args: argparse.Namespace, settings: Settings, stdout: TextIO, std
     progress = Progress(stderr)
     warm_up()
     read_at, started = utc_text(time.time()), time.perf_counter()
-    loaded, plan = load(args, settings, specs_of(args), progress)
+    with collector_paused():
+        loaded, plan = load(args, settings, specs_of(args), progress)
+    gc.freeze()  # the book lives as long as the command: no collection walks it again
     read_seconds = time.perf_counter() - started
     prepared = prepare(plan, loaded)
     started = time.perf_counter()
