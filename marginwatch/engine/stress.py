@@ -53,7 +53,7 @@ from marginwatch.engine.batch import (
 )
 from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.closeout import close_out
-from marginwatch.engine.exact import PoolReport, evaluate_pool
+from marginwatch.engine.exact import PoolReport, evaluate_members
 from marginwatch.engine.impact import ImpactModel, impacted_moves
 from marginwatch.engine.kernels import LIQUIDATION_CODE
 from marginwatch.engine.scenarios import Scenario, shocked_marks
@@ -378,11 +378,11 @@ def exact_pool(
     sb: StressBook, exact: ExactPath, marks: Mapping[str, Decimal], pool: int
 ) -> ExactPool:
     """A pool evaluated exactly at ``marks``: its status, and its close-out's deficit."""
-    account, report = exact_report(sb, exact, marks, pool)
-    positions = pool_positions(sb, account, pool)
-    isolated = bool(sb.book.pool_isolated[pool])
+    account, positions = pool_members(sb, exact, pool)
+    report = evaluate_members(account, positions, marks, exact.tables, exact.thresholds)
     closed = close_out(account, positions, dict(marks), exact.fee_rate)
     notional = sum((abs(p.quantity) * marks[p.symbol] for p in positions), Decimal(0))
+    isolated = bool(sb.book.pool_isolated[pool])
     return ExactPool(pool, account, positions, isolated, report, notional, closed.deficit_covered)
 
 
@@ -390,12 +390,16 @@ def exact_report(
     sb: StressBook, exact: ExactPath, marks: Mapping[str, Decimal], pool: int
 ) -> stress_adl.ExactReport:
     """A pool's account, and the pool evaluated exactly at ``marks``."""
+    account, positions = pool_members(sb, exact, pool)
+    return account, evaluate_members(account, positions, marks, exact.tables, exact.thresholds)
+
+
+def pool_members(
+    sb: StressBook, exact: ExactPath, pool: int
+) -> tuple[Account, tuple[Position, ...]]:
+    """A pool's account, as the exact path reads it, and the pool's positions in it."""
     account = exact.account(int(sb.book.pool_account[pool]))
-    positions = pool_positions(sb, account, pool)
-    isolated = bool(sb.book.pool_isolated[pool])
-    wallet = positions[0].isolated_wallet if isolated else account.cross_wallet_balance
-    assert wallet is not None  # an isolated position has its wallet (Position.__post_init__)
-    return account, evaluate_pool(wallet, positions, marks, exact.tables, exact.thresholds)
+    return account, pool_positions(sb, account, pool)
 
 
 def pool_positions(sb: StressBook, account: Account, pool: int) -> tuple[Position, ...]:
