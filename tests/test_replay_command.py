@@ -3,20 +3,17 @@ of ticks sharing an event time, and a clear line (never a traceback) for each ba
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.commands import SCRIPT, document, run_command
 from tests.stress_book import write_snapshot
 
 D = Decimal
-SCRIPT = Path(sys.executable).parent / "marginwatch"
 HEADER = "symbol,event_time,mark_price"
 KEYS = [
     "snapshot", "ticks_file", "accounts", "pools", "positions", "ticks", "moments",
@@ -33,17 +30,7 @@ def replay(tmp_path: Path, rows: list[str], *args: str) -> subprocess.CompletedP
     snapshot = write_snapshot(tmp_path / "book.json")
     ticks = tmp_path / "path.csv"
     ticks.write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MARGINWATCH_")}
-    return subprocess.run([SCRIPT, "replay", "--snapshot", str(snapshot), "--ticks", str(ticks),
-                           *args], env=env, capture_output=True, text=True, timeout=120,
-                          check=False)  # fmt: skip
-
-
-def document(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""  # a short run prints no progress
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
+    return run_command("replay", "--snapshot", str(snapshot), "--ticks", str(ticks), *args)
 
 
 def test_the_json_contract(tmp_path: Path) -> None:

@@ -4,13 +4,10 @@ the JSON contract, and its options' errors."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -21,11 +18,11 @@ from marginwatch.cli.main import main
 from marginwatch.cli.stress import Progress
 from marginwatch.producer.publisher import Publisher
 from marginwatch.state.fund import credit_ledger
+from tests.commands import SCRIPT, document, run_command
 from tests.stress_book import BOOK, write_brackets, write_snapshot
 from tests.test_stress_adl import COUNTERPARTIES
 
 D = Decimal
-SCRIPT = Path(sys.executable).parent / "marginwatch"
 KEYS = ["read_at", "newest_tick", "consistent", "read_seconds", "scenario_seconds", "scenarios"]
 SCENARIO_KEYS = [
     "name", "shocks", "pools_margin_call", "pools_liquidated", "accounts_liquidated",
@@ -39,17 +36,7 @@ CONTRIBUTOR_KEYS = [
 
 def stress(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     """Run ``marginwatch stress`` with only ``settings`` (``MARGINWATCH_`` + name) set."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("MARGINWATCH_")}
-    env |= {f"MARGINWATCH_{name.upper()}": value for name, value in settings.items()}
-    return subprocess.run([SCRIPT, "stress", *args], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
-
-
-def document(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""  # a short run prints no progress
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
+    return run_command("stress", *args, **settings)
 
 
 def test_the_json_contract_on_a_snapshot(tmp_path: Path) -> None:
