@@ -46,13 +46,13 @@ def evaluated_books(client: redis.Redis, price: str) -> list[PartitionBook]:
     store_accounts(client, list(HAND_BOOK), partitions=PARTITIONS)
     Publisher(client).publish([Tick("BTCUSDT", Decimal(price), next(EVENT_TIMES))])
     arrays = batch.BracketArrays.from_tables(FLAT, ["BTCUSDT"])
-    books, publisher = [], adl_sketch.SketchPublisher()
+    books, publisher = [], adl_sketch.sketch_jobs()
     for partition in range(PARTITIONS):
         book = PartitionBook(partition, arrays, FLAT)
         book.load(client)
         outcome = evaluate_partition(book, client, SETTINGS)
         finish_evaluation(client, book, outcome)
-        written = publisher.publish_if_due(client, book, outcome, now=100.0)
+        written = adl_sketch.publish_if_due(publisher, client, book, outcome, now=100.0)
         assert written is not None
         assert written.result(timeout=60)
         books.append(book)
@@ -70,15 +70,15 @@ def test_sketches_are_started_at_most_every_30_s_and_never_twice_at_once(
     book.load(redis_client)
     settings = Settings(redis_url="unused", partitions=1)
     outcome = evaluate_partition(book, redis_client, settings)
-    publisher, gate = adl_sketch.SketchPublisher(), threading.Event()
+    publisher, gate = adl_sketch.sketch_jobs(), threading.Event()
     publisher.thread.submit(gate.wait, 60)
-    written = publisher.publish_if_due(redis_client, book, outcome, now=100.0)
+    written = adl_sketch.publish_if_due(publisher, redis_client, book, outcome, now=100.0)
     assert written is not None
-    assert publisher.publish_if_due(redis_client, book, outcome, now=200.0) is None
+    assert adl_sketch.publish_if_due(publisher, redis_client, book, outcome, now=200.0) is None
     gate.set()
     assert written.result(timeout=60)
-    assert publisher.publish_if_due(redis_client, book, outcome, now=129.9) is None
-    again = publisher.publish_if_due(redis_client, book, outcome, now=130.0)
+    assert adl_sketch.publish_if_due(publisher, redis_client, book, outcome, now=129.9) is None
+    again = adl_sketch.publish_if_due(publisher, redis_client, book, outcome, now=130.0)
     assert again is not None
     assert again.result(timeout=60)
 

@@ -73,7 +73,7 @@ def evaluated(runtime: WorkerRuntime) -> EvaluationOutcome:
     started, waited for (it runs on the monitor's thread)."""
     outcome = run_evaluation(runtime, 0)
     assert runtime.stress is not None
-    assert runtime.stress.running[0].result(timeout=WAIT_SECONDS) is not None
+    assert runtime.stress.jobs.running[0].result(timeout=WAIT_SECONDS) is not None
     return outcome
 
 
@@ -169,7 +169,7 @@ def test_a_computation_still_running_is_not_started_again(runtime: WorkerRuntime
     none is started then; once it ran, the next one is due again."""
     assert runtime.stress is not None
     book, release = runtime.book(0), threading.Event()
-    runtime.stress.thread.submit(release.wait, WAIT_SECONDS)  # the thread busy until released
+    runtime.stress.jobs.thread.submit(release.wait, WAIT_SECONDS)  # the thread busy until released
     outcome = evaluate_partition(book, runtime.client, runtime.settings)
     finish_evaluation(runtime.client, book, outcome)
     first = stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome, 0.0)
@@ -191,7 +191,7 @@ def test_a_change_after_the_evaluation_is_not_in_its_figures(
     in its figures (BTCUSDT:-20% still takes 5,000 from the fund)."""
     assert runtime.stress is not None
     book, release = runtime.book(0), threading.Event()
-    runtime.stress.thread.submit(release.wait, WAIT_SECONDS)
+    runtime.stress.jobs.thread.submit(release.wait, WAIT_SECONDS)
     outcome = evaluate_partition(book, runtime.client, runtime.settings)
     finish_evaluation(runtime.client, book, outcome)
     started = stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome, 0.0)

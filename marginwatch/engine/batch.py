@@ -120,6 +120,11 @@ class Book:
         """Memory held by the book's arrays."""
         return sum(int(value.nbytes) for value in vars(self).values())
 
+    def copy(self) -> Book:
+        """The book with copies of its arrays (for a reader on another thread while this one
+        is written in place)."""
+        return Book(**{name: array.copy() for name, array in vars(self).items()})
+
 
 @dataclass
 class BatchResult:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 import numpy as np
 import redis
@@ -23,7 +23,7 @@ import redis
 from marginwatch.engine import adl_batch, batch
 from marginwatch.runtime.observe import REDIS_ERRORS
 from marginwatch.state.adl import ADL_INTERVAL_SECONDS, side_key, write_sketches
-from marginwatch.worker.background import background_thread
+from marginwatch.worker.background import PartitionJobs
 from marginwatch.worker.evaluation import EvaluationOutcome
 from marginwatch.worker.partition import PartitionBook
 
@@ -43,43 +43,28 @@ class ScoresInput:
     @classmethod
     def of(cls, book: PartitionBook, outcome: EvaluationOutcome) -> ScoresInput:
         """Copies of the book's arrays, its pools' sums and the outcome's marks."""
-        arrays = batch.Book(**{name: array.copy() for name, array in vars(book.book).items()})
+        arrays = book.book.copy()
         sums = batch.BatchResult(
             **{name: np.copy(array) for name, array in vars(book.result).items()}
         )
         return cls(book.partition, arrays, sums, outcome.marks.copy(), tuple(book.brackets.symbols))
 
 
-@dataclass
-class SketchPublisher:
-    """The worker's thread for ADL sketches, and when each partition's were last started."""
+def sketch_jobs() -> PartitionJobs:
+    """The worker's thread for ADL sketches, each partition's every ``ADL_INTERVAL_SECONDS``."""
+    return PartitionJobs("adl-sketches", ADL_INTERVAL_SECONDS)
 
-    interval_seconds: float = ADL_INTERVAL_SECONDS
-    started_at: dict[int, float] = field(default_factory=dict)  # monotonic s, per partition
-    running: dict[int, Future[bool]] = field(default_factory=dict)
-    thread: ThreadPoolExecutor = field(default_factory=lambda: background_thread("adl-sketches"))
 
-    def due(self, partition: int, now: float) -> bool:
-        """Whether the interval has passed since the partition's last start and none runs."""
-        running = self.running.get(partition)
-        if running is not None and not running.done():
-            return False
-        return now - self.started_at.get(partition, -np.inf) >= self.interval_seconds
-
-    def publish_if_due(
-        self, client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome,
-        now: float | None = None,
-    ) -> Future[bool] | None:  # fmt: skip
-        """If due at ``now`` (monotonic seconds; default the clock's), start writing the
-        partition's sketches from a copy of its figures; the write (``True`` once done), if
-        one was started."""
-        now = time.monotonic() if now is None else now
-        if not self.due(book.partition, now):
-            return None
-        self.started_at[book.partition] = now
-        started = self.thread.submit(publish, client, ScoresInput.of(book, outcome))
-        self.running[book.partition] = started
-        return started
+def publish_if_due(
+    jobs: PartitionJobs, client: redis.Redis, book: PartitionBook, outcome: EvaluationOutcome,
+    now: float | None = None,
+) -> Future[bool] | None:  # fmt: skip
+    """If due at ``now`` (monotonic seconds; default the clock's), start writing the
+    partition's sketches from a copy of its figures; the write (``True`` once done), if one
+    was started."""
+    if not jobs.claim(book.partition, now):
+        return None
+    return jobs.start(book.partition, publish, client, ScoresInput.of(book, outcome))
 
 
 def publish(client: redis.Redis, given: ScoresInput) -> bool:

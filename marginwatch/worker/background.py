@@ -12,11 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from marginwatch.worker.instrumentation import Throttle
 
 BACKGROUND_NICENESS = 19  # the lowest priority: weight 15 against an evaluation's 1024 (CFS)
 
 log = logging.getLogger("marginwatch.worker")
+T = TypeVar("T")
 
 
 def background_thread(name: str) -> ThreadPoolExecutor:
@@ -30,3 +36,35 @@ def lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
     except (AttributeError, OSError) as error:
         log.info("background thread keeps the process's priority: %s", error)
+
+
+@dataclass
+class PartitionJobs:
+    """Jobs of one kind on one background thread: at most one queued or running per
+    partition, each partition's started at most every ``interval_seconds`` (monotonic)."""
+
+    name: str
+    interval_seconds: float
+    running: dict[int, Future[Any]] = field(default_factory=dict)
+    due: Throttle = field(init=False)
+    thread: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.due = Throttle(self.interval_seconds)
+        self.thread = background_thread(self.name)
+
+    def busy(self, partition: int) -> bool:
+        """Whether a job of the partition is queued or running."""
+        running = self.running.get(partition)
+        return running is not None and not running.done()
+
+    def claim(self, partition: int, now: float | None = None) -> bool:
+        """Whether a job of the partition may start at ``now`` (default the clock's): none is
+        queued or running and the interval has passed since the last start, recorded if so."""
+        return not self.busy(partition) and self.due.due(partition, now)
+
+    def start(self, partition: int, job: Callable[..., T], *args: Any) -> Future[T]:
+        """``job(*args)`` on the thread, as the partition's running job."""
+        started = self.thread.submit(job, *args)
+        self.running[partition] = started
+        return started

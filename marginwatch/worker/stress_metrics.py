@@ -13,10 +13,11 @@ here: the figures are the screen's estimate, and ``marginwatch stress`` confirms
 They go to Redis (``mw:{pN}:stress``) and are exported from there at each scrape by every
 worker serving the partition.
 
-The time of the last computation lives in this process's memory, per partition (``Throttle``):
-a worker holds a partition exclusively while it evaluates it, so its scenarios are computed at
-most once per interval; a restarted worker computes them at its first evaluation. (Two workers
-serving one range each keep their own time: at most one computation per interval each.)
+The time of the last computation lives in this process's memory, per partition
+(``background.PartitionJobs``): a worker holds a partition exclusively while it evaluates it,
+so its scenarios are computed at most once per interval; a restarted worker computes them at
+its first evaluation. (Two workers serving one range each keep their own time: at most one
+computation per interval each.)
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass
 
 import numpy as np
 import redis
@@ -45,9 +46,8 @@ from marginwatch.engine.brackets import BracketTable
 from marginwatch.engine.stress_screen import ScreenedScenario, screen_scenario
 from marginwatch.runtime.observe import REDIS_ERRORS
 from marginwatch.state.stress_figures import read_partition_stress, write_partition_stress
-from marginwatch.worker.background import background_thread
+from marginwatch.worker.background import PartitionJobs
 from marginwatch.worker.evaluation import EvaluationOutcome
-from marginwatch.worker.instrumentation import Throttle
 from marginwatch.worker.partition import PartitionBook
 
 log = logging.getLogger("marginwatch.worker")
@@ -60,14 +60,7 @@ class StressMonitor:
     plan: StressPlan
     metrics: StressMetrics
     redis_errors: Counter
-    due: Throttle  # per partition: monotonic seconds of its last computation
-    thread: ThreadPoolExecutor = field(default_factory=lambda: background_thread("stress"))
-    running: dict[int, Future[PartitionStress | None]] = field(default_factory=dict)
-
-    def busy(self, partition: int) -> bool:
-        """Whether a computation of the partition is queued or running."""
-        running = self.running.get(partition)
-        return running is not None and not running.done()
+    jobs: PartitionJobs  # the stress thread; per partition, the last start (monotonic)
 
 
 def stress_monitor(
@@ -86,7 +79,9 @@ def stress_monitor(
         return None
     metrics = StressMetrics(registry, plan.names)
     metrics.figures.read = stress_reader(client, partitions)
-    return StressMonitor(plan, metrics, redis_errors, Throttle(plan.interval_seconds))
+    return StressMonitor(
+        plan, metrics, redis_errors, PartitionJobs("stress", plan.interval_seconds)
+    )
 
 
 def stress_reader(client: redis.Redis, partitions: Sequence[int]) -> StressReader:
@@ -111,16 +106,12 @@ def after_evaluation(
     """If due at ``now`` (monotonic seconds; default the clock's) and none is running, start
     the computation of the partition's scenarios at the evaluation's marks, on a copy of its
     arrays; the computation (its figures, once timed and stored), if one was started."""
-    if monitor is None or monitor.busy(book.partition):
+    if monitor is None or not monitor.jobs.claim(book.partition, now):
         return None
-    if not monitor.due.due(book.partition, now):
-        return None
-    copy = batch.Book(**{name: array.copy() for name, array in vars(book.book).items()})
+    copy = book.book.copy()
     marks, partition = outcome.marks.copy(), book.partition
-    started = monitor.thread.submit(compute_and_store, monitor, client, partition, copy,
-                                    book.brackets, marks, outcome.started_at)  # fmt: skip
-    monitor.running[partition] = started
-    return started
+    return monitor.jobs.start(partition, compute_and_store, monitor, client, partition, copy,
+                              book.brackets, marks, outcome.started_at)  # fmt: skip
 
 
 def compute_and_store(

@@ -27,6 +27,7 @@ from marginwatch.state.bad_records import BadRecords
 from marginwatch.state.due import due_backlog, overdue
 from marginwatch.state.identity import RedisIdentity, redis_identity
 from marginwatch.worker import adl_sketch, instrumentation, stress_metrics
+from marginwatch.worker.background import PartitionJobs
 from marginwatch.worker.evaluation import (
     EvaluationOutcome,
     evaluate_partition,
@@ -61,7 +62,7 @@ class WorkerRuntime(Runtime):
     identity_due: instrumentation.Throttle = field(default_factory=instrumentation.Throttle)
     identity: RedisIdentity | None = None  # of the Redis the books were loaded from
     stress: stress_metrics.StressMonitor | None = None  # the configured stress scenarios
-    adl_sketches: adl_sketch.SketchPublisher = field(default_factory=adl_sketch.SketchPublisher)
+    adl_sketches: PartitionJobs = field(default_factory=adl_sketch.sketch_jobs)
 
     def book(self, partition: int) -> PartitionBook:
         """The partition's book, loaded from Redis on first use."""
@@ -113,7 +114,7 @@ def run_evaluation(runtime: WorkerRuntime, partition: int) -> EvaluationOutcome:
     log.debug("partition %s: %s", partition, outcome)
     instrumentation.observe_evaluation(metrics, book, outcome, settings.stale_after_seconds)
     stress_metrics.after_evaluation(runtime.stress, runtime.client, book, outcome)
-    runtime.adl_sketches.publish_if_due(runtime.client, book, outcome)
+    adl_sketch.publish_if_due(runtime.adl_sketches, runtime.client, book, outcome)
     if runtime.book_gauges_due.due(partition):
         once_a_second(runtime, book, outcome)
     if runtime.liquidation_map_due.due(partition):
